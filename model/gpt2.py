@@ -1,0 +1,310 @@
+"""GPT-2 in plain PyTorch: config presets, the modules under GPT-2's own names, forward with a loss that
+projects to the vocabulary only where a target exists, and KV-cache generation.
+
+Shapes: B batch, T time (sequence), C n_embd, nh n_head, hs head size (C // nh), V vocab, N target tokens.
+Module names are GPT-2's (`wte`, `h.N.attn.c_attn`, ...) so Hugging Face weights load by copy plus a
+transpose of the four Conv1D weights (see model/hf.py); `lm_head` shares its weight with `wte`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+IGNORE = -100  # target id that carries no loss (same convention as HF)
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024  # context length (n_positions)
+    vocab_size: int = 50257
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0  # GPT-2 trained with 0.1; fine-tuning usually turns it off
+    layer_norm_epsilon: float = 1e-5
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS = {
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 355M
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
+    "tiny": dict(n_layer=2, n_head=4, n_embd=32, block_size=128),  # for tests
+}
+
+
+def config_for(preset: str, **overrides) -> GPTConfig:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown model preset {preset!r}; choose from {', '.join(PRESETS)}")
+    return GPTConfig(**{**PRESETS[preset], **overrides})
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_head, self.dropout = cfg.n_head, cfg.dropout
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)  # q|k|v fused: C -> 3C
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, mask=None, cache=None):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+        q, k, v = (
+            t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v)
+        )  # (B, nh, T, hs)
+        if cache is not None:  # append this step's keys/values; attend over everything cached so far
+            k, v = cache.update(k, v)  # (B, nh, T_past + T, hs)
+        # mask None -> plain causal (training without packing, or a prefill without padding).
+        causal = mask is None and T > 1
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))  # GPT-2's gelu_new
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, mask=None, cache=None):
+        x = x + self.attn(self.ln_1(x), mask, cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+class KVCache:
+    """Preallocated keys/values for one layer: (B, nh, T_max, hs), filled left to right."""
+
+    def __init__(self, B, nh, T_max, hs, device, dtype):
+        self.k = torch.empty(B, nh, T_max, hs, device=device, dtype=dtype)
+        self.v = torch.empty_like(self.k)
+        self.len = 0
+
+    def update(self, k, v):
+        T = k.size(2)
+        self.k[:, :, self.len : self.len + T] = k
+        self.v[:, :, self.len : self.len + T] = v
+        self.len += T
+        return self.k[:, :, : self.len], self.v[:, :, : self.len]
+
+    def repeat_rows(self, n: int):
+        """n samples per prompt: copy each row's cache n times after a single prefill."""
+        self.k = self.k.repeat_interleave(n, dim=0)
+        self.v = self.v.repeat_interleave(n, dim=0)
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.config = cfg
+        self.grad_checkpoint = False  # recompute each block in backward: activations ~1 tensor per block
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
+                wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
+                drop=nn.Dropout(cfg.dropout),
+                h=nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
+                ln_f=nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon),
+            )
+        )
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-2
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer)
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+
+    def hidden(self, idx, pos=None, mask=None, caches=None):
+        """Final hidden states (B, T, C). pos (B, T) overrides 0..T-1 (packing, left padding, decoding)."""
+        B, T = idx.shape
+        if pos is None:
+            start = caches[0].len if caches else 0
+            pos = torch.arange(start, start + T, device=idx.device).unsqueeze(0)  # (1, T)
+        if int(pos.max()) >= self.config.block_size:
+            raise ValueError(
+                f"sequence reaches position {int(pos.max())}, past the context of "
+                f"{self.config.block_size} tokens"
+            )
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        for i, block in enumerate(self.transformer.h):
+            cache = caches[i] if caches else None
+            if self.grad_checkpoint and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, mask, cache, use_reentrant=False)
+            else:
+                x = block(x, mask, cache)
+        return self.transformer.ln_f(x)
+
+    def forward(self, idx, targets=None, loss_mask=None, pos=None, mask=None, reduction="mean"):
+        """Logits (B, T, V) without targets; with targets (B, T) the loss over positions whose target is
+        not IGNORE and whose loss_mask is set: "mean" per token, or "sum" (for token-normalized accumulation).
+        mask is an SDPA attention mask (B, 1, T, T), True = may attend (block-causal for packed rows)."""
+        h = self.hidden(idx, pos=pos, mask=mask)  # (B, T, C)
+        if targets is None:
+            return self.lm_head(h)  # (B, T, V)
+        valid = targets != IGNORE
+        if loss_mask is not None:
+            valid &= loss_mask.bool()
+        # Project to the vocabulary only where a target exists: with the prompt masked this skips most of
+        # the C x V matmul, and the (N, V) logits are the only ones ever materialized.
+        logits = self.lm_head(h[valid])  # (N, V)
+        return F.cross_entropy(logits.float(), targets[valid], reduction=reduction)
+
+    def param_counts(self) -> dict[str, int]:
+        """Parameters by component (the tied lm_head counted once, under embeddings)."""
+        counts = {"embeddings": 0, "attention": 0, "mlp": 0, "layernorm": 0, "other": 0}
+        for name, p in self.named_parameters():  # named_parameters() yields a shared tensor once
+            key = (
+                "embeddings"
+                if ".wte." in name or ".wpe." in name
+                else "attention"
+                if ".attn." in name
+                else "mlp"
+                if ".mlp." in name
+                else "layernorm"
+                if ".ln_" in name
+                else "other"
+            )
+            counts[key] += p.numel()
+        counts["total"] = sum(counts.values())
+        return counts
+
+    # ---------------------------------------------------------------- generation
+    @torch.no_grad()
+    def generate_stream(
+        self,
+        prompts: list[list[int]],
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        n: int = 1,
+        eos: int | None = None,
+        should_stop: Callable[[int, list[int]], bool] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield (next ids (B*n,), still-running (B*n,) bool) once per new token.
+
+        Prompts of different lengths are left-padded; each row gets its own positions and a key mask, so
+        a row's ids equal those of the same prompt run alone. temperature 0 is greedy. Row b*n + j is
+        sample j of prompt b. A row stops at `eos` or when should_stop(row, its new ids) is true.
+        """
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("every prompt needs at least one token")
+        dev = self.transformer.wte.weight.device
+        B, L = len(prompts), max(len(p) for p in prompts)
+        T_max = L + max_new_tokens
+        if T_max > self.config.block_size:
+            max_new_tokens = self.config.block_size - L
+            if max_new_tokens <= 0:
+                raise ValueError(
+                    f"a prompt of {L} tokens fills the context of {self.config.block_size} tokens; shorten it"
+                )
+            warnings.warn(
+                f"generation stops at the context limit: {max_new_tokens} new tokens at most "
+                f"after a {L}-token prompt (context {self.config.block_size})",
+                stacklevel=2,
+            )
+            T_max = self.config.block_size
+        idx = torch.zeros(B, L, dtype=torch.long, device=dev)
+        keep = torch.zeros(B, T_max, dtype=torch.bool, device=dev)  # (B, T_max): which cache slots are real
+        for b, p in enumerate(prompts):
+            idx[b, L - len(p) :] = torch.tensor(p, device=dev)
+            keep[b, L - len(p) :] = True
+        pos = (keep[:, :L].long().cumsum(1) - 1).clamp(min=0)  # (B, L): 0.. from each row's first real token
+        padded = any(len(p) != L for p in prompts)
+        cfg, dtype = self.config, self.transformer.wte.weight.dtype
+        hs = cfg.n_embd // cfg.n_head
+        caches = [KVCache(B, cfg.n_head, T_max, hs, dev, dtype) for _ in range(cfg.n_layer)]
+        mask = None
+        if padded:  # (B, 1, L, L): causal and not a pad key
+            causal = torch.ones(L, L, dtype=torch.bool, device=dev).tril()
+            # A pad query may see itself: a row with no visible key would make SDPA return NaN.
+            mask = (causal & keep[:, None, None, :L]) | torch.eye(L, dtype=torch.bool, device=dev)
+        logits = self.lm_head(self.hidden(idx, pos=pos, mask=mask, caches=caches)[:, -1])  # (B, V)
+        if n > 1:  # one prefill per prompt, then n copies of its cache
+            for c in caches:
+                c.repeat_rows(n)
+            logits, keep, pos = (t.repeat_interleave(n, dim=0) for t in (logits, keep, pos))
+        next_pos = pos[:, -1:] + 1  # (B*n, 1)
+        running = torch.ones(logits.size(0), dtype=torch.bool, device=dev)
+        new_ids: list[list[int]] = [[] for _ in range(logits.size(0))]
+        for step in range(max_new_tokens):
+            nxt = sample(logits, temperature, top_k, top_p, generator)  # (B*n,)
+            for r in running.nonzero().flatten().tolist():
+                new_ids[r].append(int(nxt[r]))
+                if (eos is not None and int(nxt[r]) == eos) or (should_stop and should_stop(r, new_ids[r])):
+                    running[r] = False
+            yield nxt, running.clone()
+            if not running.any() or step == max_new_tokens - 1:
+                return
+            t = L + step  # cache slot of the token just sampled
+            keep[:, t] = True
+            mask = keep[:, None, None, : t + 1] if padded else None  # (B*n, 1, 1, t+1)
+            h = self.hidden(nxt[:, None], pos=next_pos, mask=mask, caches=caches)  # (B*n, 1, C)
+            logits = self.lm_head(h[:, -1])
+            next_pos = next_pos + 1
+
+    def generate(self, prompts: list[list[int]], **kw) -> list[list[int]]:
+        """New ids per row (B*n rows), each ending at eos / where the stop condition fired."""
+        rows, was_running = [], []
+        for nxt, running in self.generate_stream(prompts, **kw):
+            if not rows:
+                rows, was_running = [[] for _ in range(nxt.numel())], [True] * nxt.numel()
+            for r, on in enumerate(was_running):
+                if on:
+                    rows[r].append(int(nxt[r]))
+            was_running = running.tolist()
+        return rows
+
+
+def sample(logits, temperature=0.0, top_k=0, top_p=1.0, generator=None):
+    """Next ids (B,) from logits (B, V): greedy at temperature 0, else top-k, then nucleus (top-p)."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest prefix whose mass reaches top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
