@@ -58,8 +58,8 @@ def load_model_for_inference(
     weights: an HF GPT-2 folder/file/hub id; adapter: a PEFT adapter folder applied on top (merged);
     init="random": the `model` preset with random weights (smoke tests; info["random_init"] is True).
     """
-    from lora.peft_io import load_adapter
     from lora.lora import merge_lora
+    from lora.peft_io import load_adapter
     from model.gpt2 import GPT, config_for
     from model.hf import load_pretrained
 
