@@ -1,0 +1,203 @@
+"""LoRA (Hu et al. 2021) on GPT-2: a frozen weight W plus a trainable low-rank update s * B @ A.
+
+            x (.., in)
+                |
+      +---------+---------+
+      |                   |        A (r, in)   Kaiming-uniform: a random projection down to r dims
+  W (out, in)        dropout(x)    B (out, r)  zeros: at step 0 B @ A = 0, so the model IS the base model
+   frozen                 |        s = alpha / r (rslora: alpha / sqrt(r)), so changing r keeps the
+      |              A:  in -> r       update's size comparable and the learning rate need not move
+      |              B:   r -> out
+      |                   |
+      +--- y = x W^T + b + s * dropout(x) A^T B^T ---> (.., out)
+
+Only A and B train: r * (in + out) numbers instead of in * out. GPT-2's attention input projection
+`c_attn` is fused (q|k|v, C -> 3C); the LoRA paper adapts W_q and W_v separately, so a slice adapter keeps
+one rank-r pair per enabled slice and its update is exactly zero on the slices that are off:
+
+    A (n*r, C) = [A_q]      B_full (3C, n*r) = [B_q  0 ]  <- q rows      dW = s * B_full @ A
+                 [A_v]                         [ 0   0 ]  <- k rows (off)   = [s B_q A_q; 0; s B_v A_v]
+                                               [ 0  B_v]  <- v rows
+
+That block-structured (A, B_full) is also how a slice adapter is written for PEFT (see lora/peft_io.py).
+Shapes: B batch, T time, C n_embd, r rank, n number of enabled slices. The walkthrough is docs/lora.md.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+TARGETS = ("q", "k", "v", "c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+SHORTHANDS = {  # every attention matrix gets its own update, as W_q, W_k, W_v, W_o in the LoRA paper
+    "attn": ("q", "k", "v", "attn.c_proj"),
+    "mlp": ("mlp.c_fc", "mlp.c_proj"),
+    "all": ("q", "k", "v", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"),
+}
+
+
+def _cast(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """t in x's dtype, unless autocast will pick the matmul dtype itself (then no extra copy)."""
+    return t if torch.is_autocast_enabled(x.device.type) else t.to(x.dtype)
+
+
+class LoRALinear(nn.Module):
+    """Wraps an nn.Linear: `weight`/`bias` keep their names (and stay frozen), `lora_A`/`lora_B` train.
+    slices, e.g. (True, False, True), splits the output into equal parts (q|k|v) and adapts the ones on."""
+
+    def __init__(self, linear: nn.Linear, rank: int, alpha: float, dropout: float = 0.0, rslora: bool = False,
+                 slices: tuple[bool, ...] | None = None):  # fmt: skip
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        # The same Parameter objects, under the same names: the base state-dict keys do not change.
+        self.weight, self.bias = linear.weight, linear.bias
+        self.slices = slices
+        n = sum(slices) if slices else 1  # number of rank-r pairs
+        self.slice_out = self.out_features // len(slices) if slices else self.out_features
+        self.rank, self.alpha, self.rslora = rank, alpha, rslora
+        self.scaling = alpha / math.sqrt(rank) if rslora else alpha / rank
+        kw = dict(device=linear.weight.device, dtype=torch.float32)  # fp32 even on a bf16 base
+        self.lora_A = nn.Parameter(torch.empty(n * rank, self.in_features, **kw))  # (n*r, in): A_q over A_v
+        self.lora_B = nn.Parameter(torch.zeros(n * self.slice_out, rank, **kw))  # (n*out_s, r): B_q over B_v
+        for A in self.lora_A.split(rank):  # nn.Linear's own init (PEFT's too), fan_in = in
+            nn.init.kaiming_uniform_(A, a=math.sqrt(5))
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.merged = False
+
+    def full_B(self) -> torch.Tensor:
+        """(out, n*r): B with a zero block wherever a slice is off or belongs to another slice's A rows."""
+        if self.slices is None:
+            return self.lora_B  # (out, r)
+        so, nr = self.slice_out, self.lora_A.size(0)
+        blocks = iter(torch.block_diag(*self.lora_B.split(so)).split(so))  # n x (so, n*r): B_i in its columns
+        zero = self.lora_B.new_zeros(so, nr)
+        return torch.cat([next(blocks) if on else zero for on in self.slices])  # (out, n*r)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (B, T, in), e.g. (B, T, 768) into c_attn
+        b = None if self.bias is None else _cast(self.bias, x)
+        y = F.linear(x, _cast(self.weight, x), b)  # (B, T, out), c_attn: (B, T, 2304)
+        if self.merged:  # W already holds s * B @ A
+            return y
+        a = self.dropout(x) @ _cast(self.lora_A, x).T  # (B, T, n*r), q,v at r=8: (B, T, 16)
+        return y + (self.scaling * a) @ _cast(self.full_B(), x).T  # (B, T, n*r) @ (n*r, out) -> (B, T, out)
+
+    def delta_weight(self) -> torch.Tensor:
+        """dW = s * B @ A in fp32, (out, in); zero rows on the slices that are off."""
+        return self.scaling * (self.full_B().detach().float() @ self.lora_A.detach().float())
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """W <- W + dW (in fp32, cast back): inference without the extra matmuls. Idempotent."""
+        if not self.merged:
+            self.weight.copy_((self.weight.float() + self.delta_weight()).to(self.weight.dtype))
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """W <- W - dW: back to training the adapter. Idempotent."""
+        if self.merged:
+            self.weight.copy_((self.weight.float() - self.delta_weight()).to(self.weight.dtype))
+            self.merged = False
+
+    def extra_repr(self) -> str:
+        on = (
+            ""
+            if self.slices is None
+            else ", slices=" + "|".join("qkv"[i] for i, s in enumerate(self.slices) if s)
+        )
+        return f"in={self.in_features}, out={self.out_features}, r={self.rank}, scaling={self.scaling:g}{on}"
+
+
+def parse_targets(spec: str | list[str] | tuple[str, ...]) -> list[str]:
+    """ "q,v,mlp.c_fc" (or a list) -> validated names in TARGETS order; shorthands attn, mlp, all expand."""
+    names = [s.strip() for part in ([spec] if isinstance(spec, str) else spec) for s in part.split(",")]
+    out: set[str] = set()
+    for name in filter(None, names):
+        if name not in TARGETS and name not in SHORTHANDS:
+            short = ", ".join(f"{k} ({','.join(v)})" for k, v in SHORTHANDS.items())
+            raise ValueError(f"unknown LoRA target {name!r}; choose from {', '.join(TARGETS)} or {short}")
+        out.update(SHORTHANDS.get(name, (name,)))
+    if not out:
+        raise ValueError(f"no LoRA targets given; choose from {', '.join(TARGETS)}")
+    if "c_attn" in out and out & {"q", "k", "v"}:
+        raise ValueError("LoRA target c_attn (one joint update over q|k|v) cannot be combined with q, k or v")
+    return [t for t in TARGETS if t in out]
+
+
+def check_hparams(rank: int, alpha: float, dropout: float = 0.0) -> None:
+    if not isinstance(rank, int) or rank <= 0:
+        raise ValueError(f"LoRA rank must be a positive integer, got {rank!r}")
+    if not alpha > 0:
+        raise ValueError(f"LoRA alpha must be positive, got {alpha!r}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout!r}")
+
+
+def add_lora(model: nn.Module, name: str, rank: int, alpha: float, dropout: float = 0.0, rslora: bool = False,
+             slices: tuple[bool, ...] | None = None) -> LoRALinear:  # fmt: skip
+    """Replace the nn.Linear at `name` (e.g. "transformer.h.0.attn.c_attn") by a LoRALinear around it."""
+    parent_name, _, child = name.rpartition(".")
+    layer = LoRALinear(model.get_submodule(name), rank, alpha, dropout, rslora, slices)
+    setattr(model.get_submodule(parent_name), child, layer)
+    return layer
+
+
+def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+def inject_lora(model: nn.Module, targets=("q", "v"), rank: int = 8, alpha: float = 16, dropout: float = 0.0,
+                rslora: bool = False, verbose: bool = True) -> list[str]:  # fmt: skip
+    """Freeze every parameter, wrap the targeted Linears in LoRALinear; returns the wrapped module names."""
+    targets = parse_targets(targets)
+    check_hparams(rank, alpha, dropout)
+    if lora_layers(model):
+        raise ValueError("the model already has LoRA layers; inject into a plain model")
+    model.requires_grad_(False)
+    qkv = tuple(t in targets for t in "qkv")
+    matched = []
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, nn.Linear):
+            continue
+        if name.endswith(".attn.c_attn") and ("c_attn" in targets or any(qkv)):
+            add_lora(model, name, rank, alpha, dropout, rslora, None if "c_attn" in targets else qkv)
+        elif any(name.endswith("." + t) for t in targets):
+            add_lora(model, name, rank, alpha, dropout, rslora)
+        else:
+            continue
+        matched.append(name)
+    if not matched:
+        raise ValueError(f"no module of this model matches the LoRA targets {','.join(targets)}")
+    if verbose:
+        r = trainable_report(model)
+        print(f"LoRA r={rank} alpha={alpha} on {len(matched)} modules ({','.join(targets)})")
+        print(f"trainable params: {r['trainable']:,} || all params: {r['total']:,} || "
+              f"trainable%: {r['trainable_pct']:.4f}")  # fmt: skip
+    return matched
+
+
+def merge_lora(model: nn.Module) -> None:
+    for m in lora_layers(model).values():
+        m.merge()
+
+
+def unmerge_lora(model: nn.Module) -> None:
+    for m in lora_layers(model).values():
+        m.unmerge()
+
+
+def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The LoRA tensors only (`...c_attn.lora_A`, `...lora_B`): what a LoRA checkpoint needs to hold."""
+    return {k: v for k, v in model.state_dict().items() if k.rsplit(".", 1)[-1] in ("lora_A", "lora_B")}
+
+
+def trainable_report(model: nn.Module) -> dict:
+    """Trainable vs all parameters (a tied weight counted once), and the LoRA modules."""
+    params = list(model.parameters())  # parameters() yields a shared tensor once
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    total = sum(p.numel() for p in params)
+    return dict(trainable=trainable, total=total, trainable_pct=100 * trainable / max(total, 1),
+                lora_modules=list(lora_layers(model)))  # fmt: skip
