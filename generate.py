@@ -2,8 +2,8 @@
 tested in the sandbox.
 
     python generate.py --run runs/lora-r8 "Return the n-th Fibonacci number."
-    python generate.py --init random --model tiny --run-code "Add two numbers."     # offline smoke test
-    python generate.py --run runs/lora-r8 --interactive                             # a REPL, model kept loaded
+    python generate.py --init random --model tiny --run-code "Add two numbers."  # offline smoke test
+    python generate.py --run runs/lora-r8 --interactive                     # a REPL, the model kept loaded
 
 `complete()` is the library function underneath (evaluate.py uses it for BLEU and pass@k): batched, seeded,
 cut at <|endoftext|> and at the first stop sequence, with an optional callback that receives the text as
