@@ -1,0 +1,265 @@
+"""train.py: the main job, end to end on tiny configs (CPU, offline, seconds each)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import runs
+import train
+from cli import UsageError
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "--model",
+    "tiny",
+    "--init",
+    "random",
+    "--max-len",
+    "96",
+    "--batch-size",
+    "4",
+    "--log-every",
+    "1",
+    "--eval-every",
+    "0",
+    "--eval-batches",
+    "2",
+    "--dtype",
+    "fp32",
+]
+
+
+def write_corpus(path: Path, n: int = 160) -> Path:
+    """A small {docstring, code} jsonl corpus: varied, deterministic Python functions."""
+    ops = [("add", "+"), ("subtract", "-"), ("multiply", "*"), ("raise", "**")]
+    with open(path, "w") as f:
+        for i in range(n):
+            verb, op = ops[i % len(ops)]
+            k = i % 7 + 1
+            body = "".join(f"    y = y {op} {j}\n" for j in range(i % 5 + 1))
+            code = f"def f_{i}(x):\n    y = x\n{body}    return y {op} {k}\n"
+            f.write(
+                json.dumps({"docstring": f"Return x after we {verb} {k} to it (variant {i}).", "code": code})
+                + "\n"
+            )
+    return path
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("corpus") / "train.jsonl")
+
+
+def run_train(args: list[str], cwd: Path, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    cp = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"},
+        timeout=300,
+        **kw,
+    )
+    if check:
+        assert cp.returncode == 0, cp.stderr[-3000:]
+    return cp
+
+
+def losses(run: Path) -> list[tuple[int, float]]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in rows if "loss" in r]
+
+
+def test_get_lr_warms_up_then_decays_to_the_floor():
+    lrs = [train.get_lr(s, 1.0, warmup=10, total=100, min_ratio=0.1) for s in range(101)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # monotone cosine decay after warmup
+    assert lrs[100] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("rank", ["8", "0"])
+def test_smoke_run_leaves_the_whole_run_folder(tmp_path, corpus, rank):
+    out = tmp_path / "run"
+    cp = run_train(
+        [
+            *TINY,
+            "--lora-rank",
+            rank,
+            "--max-steps",
+            "30",
+            "--save-every",
+            "10",
+            "--eval-every",
+            "15",
+            "--data",
+            f"jsonl:{corpus}",
+            "--out-dir",
+            str(out),
+        ],
+        cwd=tmp_path,
+    )
+    assert "RANDOM weights" in cp.stdout
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["lora_rank"] == int(rank)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in train_rows] == list(range(1, 31))
+    for key in ("step", "epoch", "loss", "lr", "grad_norm", "tokens", "tokens_per_sec", "mfu", "mem_bytes"):
+        assert key in train_rows[-1]
+    assert all(r["tokens_per_sec"] > 0 and r["mem_bytes"] > 0 and r["mfu"] > 0 for r in train_rows)
+    assert [r["step"] for r in rows if "val_loss" in r] == [15, 30]
+    assert [p.name for p in runs.checkpoints(out)] == ["step-20", "step-30"]  # keep 2
+    if rank == "8":
+        assert (out / "final" / "adapter_model.safetensors").is_file()
+        assert (out / "merged" / "model.safetensors").is_file() and (
+            out / "base" / "model.safetensors"
+        ).is_file()
+    else:
+        assert (out / "final" / "model.safetensors").is_file() and not (out / "merged").exists()
+    assert (out / "plots" / "loss.png").stat().st_size > 0 and (out / "plots" / "throughput.png").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 30 and summary["trainable_params"] > 0
+
+
+def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tmp_path, corpus):
+    common = [
+        *TINY,
+        "--lora-rank",
+        "4",
+        "--max-steps",
+        "20",
+        "--save-every",
+        "4",
+        "--data",
+        f"jsonl:{corpus}",
+        "--lora-dropout",
+        "0.1",
+    ]  # dropout: the RNG state must be restored too
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    run_train([*common, "--out-dir", str(whole)], cwd=tmp_path)
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *common, "--out-dir", str(cut)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and not (cut / "checkpoints" / "step-12" / runs.COMPLETE_MARK).exists():
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = runs.latest_checkpoint(cut)
+    assert killed_at is not None and int(killed_at.name.split("-")[1]) < 20
+    run_train([*common, "--out-dir", str(cut), "--resume", "auto"], cwd=tmp_path)
+
+    assert losses(cut) == losses(whole)
+    a = torch.load(whole / "checkpoints" / "step-20" / "state.pt", weights_only=False)["trainable"]
+    b = torch.load(cut / "checkpoints" / "step-20" / "state.pt", weights_only=False)["trainable"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_checkpoint_cut_mid_write_is_never_picked_up(tmp_path):
+    (tmp_path / "checkpoints" / "step-4").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "step-4" / runs.COMPLETE_MARK).write_text("4\n")
+    (tmp_path / "checkpoints" / "step-8").mkdir()  # no COMPLETE mark: the writer died
+    (tmp_path / "checkpoints" / ".tmp-step-12").mkdir()
+    assert runs.latest_checkpoint(tmp_path).name == "step-4"
+
+
+def test_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    from model.gpt2 import GPT, config_for
+
+    cfg = train.TrainConfig(model="tiny", init="random", lora_rank=0)
+    model = GPT(config_for("tiny"))
+    opt = torch.optim.AdamW(model.parameters())
+
+    class Loader:
+        def state_dict(self):
+            return {"epoch": 0, "position": 3}
+
+    first = train.save_checkpoint(tmp_path, 4, model, opt, None, Loader(), cfg, keep=2)
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(UsageError, match="previous checkpoint is intact"):
+        train.save_checkpoint(tmp_path, 8, model, opt, None, Loader(), cfg, keep=2)
+    assert runs.latest_checkpoint(tmp_path) == first
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-4"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--no-such-flag"], "unrecognized arguments"),
+        (["--lora-rank", "-1"], "--lora-rank -1 is negative"),
+        (["--lora-targets", "q,nope"], "--lora-targets"),
+        (["--resume", "auto", "--out-dir", "runs/none"], "has no complete checkpoint"),
+    ],
+)
+def test_bad_input_is_one_sentence_and_exit_code_2(tmp_path, corpus, args, message):
+    cp = run_train([*TINY, "--data", f"jsonl:{corpus}", *args], cwd=tmp_path, check=False)
+    assert cp.returncode == 2, cp.stderr
+    assert message in cp.stderr and "Traceback" not in cp.stderr
+
+
+def test_out_dir_with_another_run_is_refused_unless_resume_or_overwrite(tmp_path, corpus):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    cp = run_train(
+        [*TINY, "--data", f"jsonl:{corpus}", "--out-dir", str(out), "--max-steps", "2"],
+        cwd=tmp_path,
+        check=False,
+    )
+    assert cp.returncode == 2 and "already holds a run" in cp.stderr
+    assert (out / "config.json").read_text() == "{}"  # nothing touched
+    run_train(
+        [
+            *TINY,
+            "--data",
+            f"jsonl:{corpus}",
+            "--out-dir",
+            str(out),
+            "--max-steps",
+            "2",
+            "--overwrite",
+            "--lora-rank",
+            "0",
+        ],
+        cwd=tmp_path,
+    )
+    assert json.loads((out / "config.json").read_text())["max_steps"] == 2
+
+
+def test_help_and_dry_run_need_no_network(tmp_path, corpus):
+    cp = run_train(["--help"], cwd=tmp_path)
+    assert "--lora-rank" in cp.stdout and "--grad-accum" in cp.stdout
+    cp = run_train(
+        [
+            "--model",
+            "gpt2",
+            "--lora-rank",
+            "8",
+            "--dry-run",
+            "--data",
+            f"jsonl:{corpus}",
+            "--out-dir",
+            str(tmp_path / "dry"),
+        ],
+        cwd=tmp_path,
+    )
+    assert "plan:" in cp.stdout and "trainable params: 294,912" in cp.stdout
+    assert not (tmp_path / "dry").exists()  # a dry run writes nothing

@@ -1,0 +1,814 @@
+"""Fine-tune GPT-2 to write Python from docstrings: full fine-tuning (--lora-rank 0) or LoRA.
+
+    python train.py --lora-rank 8                                   # GPT-2 124M from the hub, LoRA r=8 on q,v
+    python train.py --lora-rank 0 --max-train-examples 10000 --epochs 3   # the study's full fine-tune
+    python train.py --model tiny --init random --max-steps 30       # offline smoke run, seconds
+    torchrun --nproc_per_node 2 train.py ...                        # DDP (gloo on CPU, nccl on GPU)
+
+One optimizer step = grad_accum micro-batches per rank. The loss of the step is the sum over every target
+token of the step (all micro-batches, all ranks) divided by their count, so long and short examples weigh
+the same per token whatever the batching (torchtune does the same; averaging micro-batch means does not).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+import runs
+from cli import UsageError, parse_config, run_main
+
+F = field  # keeps each config line short: F(default=..., metadata=dict(help=...))
+
+
+def opt(default, help: str, **kw):
+    return F(default=default, metadata=dict(help=help, **kw))
+
+
+@dataclass
+class TrainConfig:
+    # model
+    model: str = opt("gpt2", "architecture preset: gpt2, gpt2-medium, gpt2-large, gpt2-xl, tiny")
+    weights: str | None = opt(
+        None, "HF GPT-2 folder, .safetensors file or hub id (default: the preset's hub id)"
+    )
+    init: str = opt(
+        "pretrained",
+        "pretrained weights, or random (same architecture; smoke runs, speed)",
+        choices=["pretrained", "random"],
+    )
+    # LoRA (rank 0 = full fine-tune)
+    lora_rank: int = opt(8, "LoRA rank r; 0 trains every weight (full fine-tune)")
+    lora_alpha: float = opt(
+        16.0, "LoRA alpha: the update is scaled by alpha/r (alpha/sqrt(r) with --lora-rslora)"
+    )
+    lora_targets: str = opt(
+        "q,v",
+        "comma-separated: q,k,v (slices of c_attn), c_attn, attn.c_proj, mlp.c_fc, "
+        "mlp.c_proj, or attn, mlp, all",
+    )
+    lora_dropout: float = opt(0.0, "dropout on the LoRA input")
+    lora_rslora: bool = opt(False, "rank-stabilized scaling alpha/sqrt(r)")
+    # data (names shared with data.prepare.DataConfig)
+    data: str = opt(
+        "auto",
+        "auto (CodeXGLUE if reachable or cached, else the embedded corpus), codexglue, pysrc, or jsonl:PATH",
+    )
+    data_files: str | None = opt(None, "comma-separated local CodeXGLUE-schema parquet/jsonl files")
+    pysrc_roots: str | None = opt(None, "comma-separated extra Python source trees for the embedded corpus")
+    max_train_examples: int | None = opt(None, "use the first N training examples (the study used 10000)")
+    max_len: int = opt(512, "tokens per example (prompt + code + EOS); longer ones are truncated or dropped")
+    prompt_format: str = opt(
+        "study",
+        "study ('Prompt: ... Code: ...') or docstring (HumanEval-style def)",
+        choices=["study", "docstring"],
+    )
+    train_on_prompt: bool = opt(False, "also put loss on the prompt tokens (the study did)")
+    pack: bool = opt(False, "pack several examples per row with a block-causal mask (no padding)")
+    cache_dir: str = opt(".cache/data", "where tokenized datasets are cached")
+    # optimization
+    batch_size: int = opt(8, "examples per micro-batch per process")
+    grad_accum: int = opt(1, "micro-batches per optimizer step")
+    lr: float | None = opt(None, "peak learning rate (default 2e-4 with LoRA, 5e-5 full)")
+    weight_decay: float = opt(
+        0.01, "AdamW decay on matrices (Linear, embedding, LoRA A/B); none on biases/LN"
+    )
+    warmup_steps: int | None = opt(None, "linear warmup steps (default 5% of the run)")
+    min_lr_ratio: float = opt(0.1, "cosine decays to lr * this")
+    grad_clip: float = opt(1.0, "clip the global gradient norm (0 = off)")
+    epochs: float = opt(1.0, "passes over the training set (ignored with --max-steps)")
+    max_steps: int | None = opt(None, "optimizer steps to run (overrides --epochs)")
+    # runtime
+    dtype: str = opt(
+        "auto",
+        "auto: bf16 where the CPU/GPU supports it, fp16+GradScaler on older GPUs, else fp32",
+        choices=["auto", "fp32", "bf16", "fp16"],
+    )
+    device: str = opt("auto", "auto, cpu, cuda, cuda:N")
+    compile: bool = opt(False, "torch.compile the model")
+    grad_checkpoint: bool = opt(False, "recompute each block in backward (less activation memory)")
+    seed: int = opt(0, "seed for init, data order, dropout")
+    peak_tflops: float | None = opt(None, "hardware peak for MFU (default: GPU table, or measured on CPU)")
+    # run folder
+    out_dir: str | None = opt(None, "run folder (default runs/<model>-<full|loraR>)")
+    resume: str | None = opt(
+        None,
+        "continue a run: auto (latest complete checkpoint) or a checkpoint folder",
+        nargs="?",
+        const="auto",
+    )
+    overwrite: bool = opt(False, "replace an existing run folder")
+    eval_every: int = opt(200, "validate (loss + one sample) every N steps; 0 = only at the end")
+    eval_batches: int = opt(20, "validation batches per evaluation")
+    save_every: int = opt(500, "checkpoint every N steps; 0 = only at the end")
+    keep_checkpoints: int = opt(2, "complete checkpoints kept (older ones deleted)")
+    log_every: int = opt(10, "log every N steps")
+    profile_memory: bool = opt(False, "measure memory per component on the first steps -> memory.json")
+    config: str | None = opt(None, "JSON or TOML file with any of these options (flags override it)")
+    print_config: bool = opt(False, "print the resolved config as JSON and exit")
+    dry_run: bool = opt(False, "build everything, print the plan and memory estimate, train nothing")
+
+
+HUB_IDS = {"gpt2": "gpt2", "gpt2-medium": "gpt2-medium", "gpt2-large": "gpt2-large", "gpt2-xl": "gpt2-xl"}
+GPU_PEAK_TFLOPS = {
+    "H100": 989.0,
+    "H200": 989.0,
+    "A100": 312.0,
+    "L4": 121.0,
+    "A10": 125.0,
+    "V100": 125.0,
+    "T4": 65.0,
+    "4090": 165.0,
+    "3090": 71.0,
+}  # dense bf16/fp16 tensor-core peaks
+DATA_FIELDS = (
+    "data",
+    "data_files",
+    "pysrc_roots",
+    "max_train_examples",
+    "max_len",
+    "prompt_format",
+    "train_on_prompt",
+    "cache_dir",
+)
+
+
+def validate(cfg: TrainConfig) -> None:
+    from lora.lora import parse_targets
+    from model.gpt2 import PRESETS
+
+    checks = [
+        (cfg.model in PRESETS, f"--model {cfg.model} is not a preset; choose from {', '.join(PRESETS)}"),
+        (
+            cfg.lora_rank >= 0,
+            f"--lora-rank {cfg.lora_rank} is negative; pass 0 (full fine-tune) or a rank >= 1",
+        ),
+        (cfg.lora_alpha > 0, f"--lora-alpha {cfg.lora_alpha} must be positive"),
+        (0 <= cfg.lora_dropout < 1, f"--lora-dropout {cfg.lora_dropout} must be in [0, 1)"),
+        (cfg.batch_size >= 1 and cfg.grad_accum >= 1, "--batch-size and --grad-accum must be >= 1"),
+        (cfg.max_len >= 8, f"--max-len {cfg.max_len} is too short for a prompt and code"),
+        (cfg.lr is None or cfg.lr > 0, f"--lr {cfg.lr} must be positive"),
+        (cfg.max_steps is None or cfg.max_steps >= 1, "--max-steps must be >= 1"),
+        (cfg.epochs > 0, "--epochs must be positive"),
+        (not (cfg.resume and cfg.overwrite), "--resume and --overwrite contradict each other; pass one"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise UsageError(msg)
+    if cfg.lora_rank > 0:
+        try:
+            parse_targets(cfg.lora_targets)
+        except ValueError as e:
+            raise UsageError(f"--lora-targets: {e}") from None
+
+
+# ------------------------------------------------------------------------------------------- pure helpers
+def get_lr(step: int, peak: float, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warmup to `peak`, then cosine decay to peak * min_ratio at `total` (step counts from 0)."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    if step >= total:
+        return peak * min_ratio
+    progress = (step - warmup) / max(1, total - warmup)  # 0 -> 1
+    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {name} asked for CUDA, but no GPU is visible; pass --device cpu")
+    return torch.device(name)
+
+
+def cpu_has_bf16() -> bool:
+    """Native bf16 matmuls (AVX512-BF16 or AMX): where bf16 autocast is a speed-up, not an emulation."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name != "auto":
+        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_bf16() else torch.float32
+
+
+def measure_cpu_peak_tflops(dtype: torch.dtype, n: int = 1024, reps: int = 5) -> float:
+    """Best-of-`reps` dense matmul throughput on this CPU: the denominator of MFU on CPU."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e12
+
+
+def flops_per_token(model, seq_len: int) -> float:
+    """Training FLOPs per token: 6 x trainable + 4 x frozen parameters (frozen weights still pass
+    gradients to their inputs, but need no weight gradient), plus attention scores 12 * L * T * C."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    c = model.config
+    return 6 * trainable + 4 * frozen + 12 * c.n_layer * seq_len * c.n_embd
+
+
+def memory_bytes(device: torch.device) -> int:
+    """Peak memory so far: CUDA allocator peak, or the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+# ------------------------------------------------------------------------------------------- run folder
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def check_out_dir(cfg: TrainConfig) -> tuple[Path, bool]:
+    """The run folder, and whether an old run there must be wiped (--overwrite) before writing."""
+    out = Path(cfg.out_dir or f"runs/{cfg.model}-{'full' if cfg.lora_rank == 0 else f'lora{cfg.lora_rank}'}")
+    cfg.out_dir = str(out)
+    if cfg.resume:
+        return out, False
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out-dir {out} is a file; pass a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not cfg.overwrite:
+            raise UsageError(
+                f"--out-dir {out} already holds a run; pass --resume auto to continue it, "
+                "--overwrite to replace it, or another --out-dir"
+            )
+        return out, True
+    return out, False
+
+
+def save_checkpoint(out: Path, step: int, model, opt, scaler, batches, cfg: TrainConfig, keep: int) -> Path:
+    """Write checkpoints/step-N atomically: everything into a temp folder, a COMPLETE mark last, then
+    rename. A crash (or a full disk) mid-write leaves only the temp folder, which resume never reads."""
+    from lora.peft_io import save_adapter
+    from model.hf import save_pretrained
+
+    root = out / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final, tmp = root / f"step-{step}", root / f".tmp-step-{step}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        if cfg.lora_rank > 0:
+            save_adapter(model, tmp, base_model_name_or_path=base_name(cfg, out))
+        else:
+            save_pretrained(model, tmp)
+        state = {
+            "step": step,
+            # LoRA: the exact trainable tensors (the PEFT files beside them are for other tools).
+            "trainable": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
+            if cfg.lora_rank > 0
+            else None,
+            "optimizer": opt.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "batches": batches.state_dict(),
+            "rng": rng_state(),
+            "config": dataclasses.asdict(cfg),
+        }
+        torch.save(state, tmp / "state.pt")
+        atomic_write_text(tmp / runs.COMPLETE_MARK, f"{step}\n")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    except OSError as e:  # a full disk, say: drop the partial folder; the previous checkpoint stays intact
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UsageError(
+            f"could not write checkpoint {final} ({e.strerror or e}); the previous checkpoint "
+            "is intact: free space, then continue with --resume auto"
+        ) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in runs.checkpoints(out)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def base_name(cfg: TrainConfig, out: Path) -> str:
+    return str(out / "base") if cfg.init == "random" else (cfg.weights or HUB_IDS[cfg.model])
+
+
+def rng_state() -> dict:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def set_rng_state(s: dict) -> None:
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+    if s["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def find_resume(cfg: TrainConfig, out: Path) -> Path:
+    if cfg.resume == "auto":
+        ckpt = runs.latest_checkpoint(out)
+        if ckpt is None:
+            raise UsageError(
+                f"--resume auto: {out} has no complete checkpoint; start the run without --resume"
+            )
+        return ckpt
+    ckpt = Path(cfg.resume)
+    if not (ckpt / runs.COMPLETE_MARK).is_file() or not (ckpt / "state.pt").is_file():
+        raise UsageError(f"--resume {ckpt} is not a complete checkpoint folder (checkpoints/step-N)")
+    return ckpt
+
+
+# ------------------------------------------------------------------------------------------- the model
+def build_model(
+    cfg: TrainConfig, device: torch.device, dtype: torch.dtype, log, save_base_to: Path | None = None
+):
+    """The GPT to train: pretrained or random, LoRA injected (frozen Linear weights in bf16 under bf16)."""
+    from lora.lora import inject_lora, parse_targets
+    from model.gpt2 import GPT, config_for
+    from model.hf import load_pretrained, save_pretrained
+
+    if cfg.dry_run:  # the architecture alone, on the meta device: no weights, no download, no memory
+        with torch.device("meta"):
+            model = GPT(config_for(cfg.model))
+            if cfg.lora_rank > 0:
+                inject_lora(
+                    model,
+                    parse_targets(cfg.lora_targets),
+                    rank=cfg.lora_rank,
+                    alpha=cfg.lora_alpha,
+                    verbose=False,
+                )
+        return model
+    if cfg.init == "random":
+        torch.manual_seed(cfg.seed)
+        model = GPT(config_for(cfg.model))
+        log(
+            f"!!! --init random: {cfg.model} with RANDOM weights. Fine for smoke tests and speed; "
+            "the generated code will be noise. !!!"
+        )
+    else:
+        source = cfg.weights or HUB_IDS.get(cfg.model)
+        model = load_pretrained(source)
+        log(f"loaded {source}")
+    if cfg.max_len > model.config.block_size:
+        raise UsageError(f"--max-len {cfg.max_len} exceeds the model's context of {model.config.block_size}")
+    if save_base_to is not None and cfg.lora_rank > 0 and not (save_base_to / "base").exists():
+        save_pretrained(model, save_base_to / "base")  # a random base is part of a LoRA run: keep it
+    if cfg.lora_rank > 0:
+        inject_lora(
+            model,
+            parse_targets(cfg.lora_targets),
+            rank=cfg.lora_rank,
+            alpha=cfg.lora_alpha,
+            dropout=cfg.lora_dropout,
+            rslora=cfg.lora_rslora,
+            verbose=False,
+        )
+    model.to(device)
+    if cfg.lora_rank > 0 and dtype == torch.bfloat16:
+        # Frozen Linear weights live in bf16: half the memory, and autocast stops re-casting them every
+        # step. Embeddings, LayerNorms and everything trainable stay fp32.
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.Linear) and mod is not model.lm_head:
+                for p in mod.parameters(recurse=False):
+                    if not p.requires_grad:
+                        p.data = p.data.to(torch.bfloat16)
+    model.grad_checkpoint = cfg.grad_checkpoint
+    return model
+
+
+def param_groups(model, weight_decay: float) -> list[dict]:
+    """Decay matrices (Linear weights, embeddings, LoRA A/B); never biases or LayerNorm gains."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    kind = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.AdamW(
+        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, **kind
+    )
+
+
+# ------------------------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate_loss(model, batches, n_batches: int, amp, device) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for i, b in enumerate(batches):
+        if i >= n_batches:
+            break
+        with amp:
+            loss = model(*to_device(b, device), reduction="sum")
+        total, count = total + float(loss), count + b["n_targets"]
+    model.train()
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def sample_text(model, prompt: str, amp, max_new_tokens: int = 48) -> str:
+    from data.tokenizer import get_tokenizer
+
+    tok = get_tokenizer()
+    model.eval()
+    ids = tok.encode(prompt)[-(model.config.block_size - max_new_tokens) :]
+    with amp:
+        out = model.generate([ids], max_new_tokens=max_new_tokens, eos=tok.eot)[0]
+    model.train()
+    return tok.decode([i for i in out if i != tok.eot])
+
+
+def to_device(b: dict, device) -> tuple:
+    """(idx, targets, None, pos, mask) on the device, in the order model.forward takes them."""
+
+    def move(t):
+        return None if t is None else t.to(device, non_blocking=True)
+
+    return move(b["idx"]), move(b["targets"]), None, move(b.get("pos")), move(b.get("mask"))
+
+
+# ------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(TrainConfig, argv, description=__doc__.split("\n\n")[0], prog="train.py")
+    validate(cfg)
+    if cfg.print_config:
+        print(json.dumps(dataclasses.asdict(cfg), indent=2))
+        return 0
+    ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if ddp else (0, 1)
+    device = resolve_device(cfg.device)
+    if ddp:
+        if device.type == "cuda":
+            device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        return train(cfg, device, rank, world, ddp)
+    finally:
+        if ddp and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def train(cfg: TrainConfig, device: torch.device, rank: int, world: int, ddp: bool) -> int:
+    from data.loader import Batches
+    from data.prepare import DataConfig, format_prompt, prepare
+
+    master = rank == 0
+    log = print if master else (lambda *a, **k: None)
+    dtype = resolve_dtype(cfg.dtype, device)
+    if dtype == torch.float16 and device.type == "cpu":
+        raise UsageError("--dtype fp16 needs a GPU (fp16 autocast on CPU is not supported); use bf16 or fp32")
+    cfg.lr = cfg.lr or (2e-4 if cfg.lora_rank > 0 else 5e-5)
+    out, wipe = check_out_dir(cfg)
+    ckpt = find_resume(cfg, out) if cfg.resume else None
+    if ckpt is not None:  # the run's own config wins over flags, except how long to run and how often to log
+        saved = runs.read_config(out)
+        keep = {"resume", "max_steps", "epochs", "log_every", "eval_every", "save_every", "device", "dry_run"}
+        cfg = dataclasses.replace(
+            cfg, **{k: v for k, v in saved.items() if k not in keep and hasattr(cfg, k)}
+        )
+    log(json.dumps(dataclasses.asdict(cfg), indent=None))
+    torch.manual_seed(cfg.seed + rank)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+
+    # --- data
+    data_cfg = DataConfig(**{k: getattr(cfg, k) for k in DATA_FIELDS})
+    datasets = prepare(data_cfg, splits=("train", "validation"), log=log)
+    train_set, val_set = datasets["train"], datasets["validation"]
+    batches = Batches(
+        train_set,
+        cfg.batch_size,
+        cfg.max_len,
+        pack=cfg.pack,
+        shuffle=True,
+        seed=cfg.seed,
+        rank=rank,
+        world_size=world,
+        drop_last=ddp,
+    )
+    val_batches = Batches(
+        val_set,
+        cfg.batch_size,
+        cfg.max_len,
+        pack=cfg.pack,
+        shuffle=False,
+        seed=0,
+        rank=rank,
+        world_size=world,
+    )
+    if len(batches) == 0:
+        raise UsageError(
+            f"the training set has {len(train_set)} examples, fewer than one batch of "
+            f"{cfg.batch_size} per process; lower --batch-size"
+        )
+    steps_per_epoch = max(1, len(batches) // cfg.grad_accum)
+    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, total // 20)
+
+    # --- model, optimizer, precision
+    if master and not cfg.dry_run and not cfg.resume:
+        if wipe:
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+    save_base = out if (master and cfg.init == "random" and not cfg.dry_run) else None
+    model = build_model(cfg, device, dtype, log, save_base_to=save_base)
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_all = sum(p.numel() for p in model.parameters())
+    log(f"trainable params: {n_train:,} || all params: {n_all:,} || trainable%: {100 * n_train / n_all:.4f}")
+    opt = make_optimizer(model, cfg, device)
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    amp = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * world
+    log(
+        f"plan: {total} optimizer steps ({steps_per_epoch}/epoch), {tokens_per_step} examples/step "
+        f"(batch {cfg.batch_size} x accum {cfg.grad_accum} x {world} proc), up to {cfg.max_len} tokens each; "
+        f"lr {cfg.lr:g} warmup {warmup} cosine to {cfg.lr * cfg.min_lr_ratio:g}; {dtype} on {device}; "
+        f"train {len(train_set):,} / val {len(val_set):,} examples -> {out}"
+    )
+    if cfg.dry_run:
+        try:
+            from profiler.memory import estimate, format_estimate
+
+            log(format_estimate(estimate(cfg)))
+        except ImportError:
+            log("(memory estimate: profiler/memory.py is not available)")
+        return 0
+
+    step = 0
+    if ckpt is not None:
+        step = load_checkpoint(ckpt, model, opt, scaler, batches, cfg, device)
+        log(f"resumed from {ckpt} at step {step}")
+    if master:
+        atomic_write_text(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
+        truncate_metrics(out / "metrics.jsonl", step)
+    raw_model = model
+    if cfg.compile:
+        model = torch.compile(model)
+    if ddp:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    peak = cfg.peak_tflops or peak_tflops(device, dtype)
+    log(f"MFU peak: {peak:.2f} TFLOP/s ({'given' if cfg.peak_tflops else 'table/measured'})")
+    fpt = flops_per_token(raw_model, cfg.max_len)
+
+    val_prompt = (
+        format_prompt(val_set.records(0)["docstring"], val_set.records(0).get("func_name"), cfg.prompt_format)
+        if len(val_set)
+        else None
+    )
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=step, dynamic_ncols=True, disable=not (master and sys.stderr.isatty()))
+    stop = {"flag": False}
+    prev = signal.signal(signal.SIGINT, lambda *_: stop.update(flag=True)) if master else None
+    data_iter = iter_forever(batches)
+    t_start, tok_window, t_window = time.perf_counter(), 0, time.perf_counter()
+    metrics_f = open(out / "metrics.jsonl", "a") if master else None
+    loss_val = float("nan")
+    try:
+        while step < total and not stop["flag"]:
+            lr = get_lr(step, cfg.lr, warmup, total, cfg.min_lr_ratio)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            micro = [next(data_iter) for _ in range(cfg.grad_accum)]
+            loss_val, grad_norm = train_step(
+                model, raw_model, micro, opt, scaler, amp, cfg.grad_clip, device, ddp
+            )
+            step += 1
+            n_tok = sum(b["n_tokens"] for b in micro) * world
+            tok_window += n_tok
+            bar.update(1)
+            bar.set_postfix(
+                loss=f"{loss_val:.4f}", tok_s=f"{tok_window / (time.perf_counter() - t_window):.0f}"
+            )
+            if master and (step % cfg.log_every == 0 or step == total or step == 1):
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                dt = time.perf_counter() - t_window
+                tps = tok_window / dt
+                row = dict(
+                    step=step,
+                    epoch=round(step / steps_per_epoch, 4),
+                    loss=round(loss_val, 6),
+                    lr=lr,
+                    grad_norm=round(grad_norm, 6),
+                    tokens=n_tok,
+                    tokens_per_sec=round(tps, 1),
+                    mfu=round(tps * fpt / (peak * 1e12), 6),
+                    mem_bytes=memory_bytes(device),
+                    elapsed_s=round(time.perf_counter() - t_start, 3),
+                )
+                metrics_f.write(json.dumps(row) + "\n")
+                metrics_f.flush()
+                if bar.disable:
+                    log(log_line(row, total))
+                tok_window, t_window = 0, time.perf_counter()
+            is_eval = cfg.eval_every and step % cfg.eval_every == 0 or step == total
+            if is_eval and len(val_set):
+                val = evaluate_loss(raw_model, val_batches, cfg.eval_batches, amp, device)
+                if master:
+                    metrics_f.write(json.dumps(dict(step=step, val_loss=round(val, 6))) + "\n")
+                    metrics_f.flush()
+                    sample = sample_text(raw_model, val_prompt, amp) if val_prompt else ""
+                    log(f"step {step}: val loss {val:.4f}\n--- sample ---\n{val_prompt}{sample}\n---")
+            if master and cfg.save_every and step % cfg.save_every == 0 and step < total:
+                save_checkpoint(out, step, raw_model, opt, scaler, batches, cfg, cfg.keep_checkpoints)
+    finally:
+        bar.close()
+        if prev is not None:
+            signal.signal(signal.SIGINT, prev)
+        if metrics_f:
+            metrics_f.close()
+    if master:
+        save_checkpoint(out, step, raw_model, opt, scaler, batches, cfg, cfg.keep_checkpoints)
+        if stop["flag"]:
+            log(f"interrupted: checkpoint saved at step {step}; continue with --resume auto --out-dir {out}")
+            return 130
+        finish(out, raw_model, cfg, log, time.perf_counter() - t_start)
+    return 0
+
+
+def train_step(model, raw_model, micro, opt, scaler, amp, grad_clip, device, ddp) -> tuple[float, float]:
+    """One optimizer step over the micro-batches; returns (mean loss per target token, grad norm).
+
+    Each micro-batch's summed loss is divided by the target count of the whole step (every micro-batch,
+    every rank), so the gradient is that of the step's mean token loss however the tokens are split.
+    """
+    world = dist.get_world_size() if ddp else 1
+    n_targets = torch.tensor(float(sum(b["n_targets"] for b in micro)), device=device)
+    if ddp:
+        dist.all_reduce(n_targets)
+    scale = world / n_targets.clamp(min=1)  # x world: DDP averages gradients over ranks
+    step_loss = torch.zeros((), device=device)
+    for i, b in enumerate(micro):
+        sync = model.no_sync() if ddp and i < len(micro) - 1 else nullcontext()  # all-reduce once, at the end
+        with sync:
+            with amp:
+                loss_sum = model(*to_device(b, device), reduction="sum")
+            (scaler.scale(loss_sum * scale) if scaler else loss_sum * scale).backward()
+        step_loss += loss_sum.detach()
+    if scaler:
+        scaler.unscale_(opt)  # clip true gradients, not scaled ones
+    trainable = [p for p in raw_model.parameters() if p.requires_grad]
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, grad_clip or float("inf"))
+    if scaler:
+        scaler.step(opt)  # skips the step if gradients overflowed
+        scaler.update()
+    else:
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+    if ddp:
+        dist.all_reduce(step_loss)
+    return float(step_loss) / float(n_targets), float(grad_norm)
+
+
+def log_line(row: dict, total: int) -> str:
+    """step | loss | lr | norm | tok/s | mfu | mem: the plain line printed when stderr is not a terminal."""
+    return (
+        f"step {row['step']:5d}/{total} | loss {row['loss']:.4f} | lr {row['lr']:.2e} | "
+        f"norm {row['grad_norm']:.3f} | {row['tokens_per_sec']:,.0f} tok/s | mfu {100 * row['mfu']:.2f}% | "
+        f"mem {row['mem_bytes'] / 2**20:,.0f} MiB"
+    )
+
+
+def iter_forever(batches):
+    """Micro-batches across epoch boundaries; the loader's own state says where we are."""
+    while True:
+        yield from batches
+
+
+def load_checkpoint(ckpt: Path, model, opt, scaler, batches, cfg: TrainConfig, device) -> int:
+    from model.hf import load_pretrained
+
+    state = torch.load(ckpt / "state.pt", map_location=device, weights_only=False)
+    if cfg.lora_rank > 0:
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, t in state["trainable"].items():
+                params[name].copy_(t)
+    else:
+        src = load_pretrained(str(ckpt), device=device)
+        model.load_state_dict(src.state_dict())
+    opt.load_state_dict(state["optimizer"])
+    if scaler is not None and state["scaler"] is not None:
+        scaler.load_state_dict(state["scaler"])
+    batches.load_state_dict(state["batches"])
+    set_rng_state(state["rng"])
+    return state["step"]
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop log rows past the checkpoint so the curve has no duplicated steps."""
+    if not path.exists():
+        return
+    rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    atomic_write_text(path, "".join(r + "\n" for r in rows))
+
+
+def peak_tflops(device: torch.device, dtype: torch.dtype) -> float:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, v in GPU_PEAK_TFLOPS.items():
+            if key in name:
+                return v if dtype != torch.float32 else v / 2
+        return 100.0
+    return measure_cpu_peak_tflops(dtype)
+
+
+def finish(out: Path, model, cfg: TrainConfig, log, train_time: float) -> None:
+    """final/ (adapter or full model), merged/ for LoRA, summary.json, plots."""
+    from lora.peft_io import export_merged, save_adapter
+    from model.hf import save_pretrained
+
+    if cfg.lora_rank > 0:
+        save_adapter(model, out / "final", base_model_name_or_path=base_name(cfg, out))
+        export_merged(model, out / "merged")
+    else:
+        save_pretrained(model, out / "final")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
+    train_rows = [r for r in rows if "loss" in r]
+    vals = [r["val_loss"] for r in rows if "val_loss" in r]
+    summary = dict(
+        trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        total_params=sum(p.numel() for p in model.parameters()),
+        peak_mem_bytes=max((r["mem_bytes"] for r in train_rows), default=0),
+        train_time_s=round(train_rows[-1]["elapsed_s"] if train_rows else train_time, 2),
+        tokens_per_sec=round(
+            float(np.median([r["tokens_per_sec"] for r in train_rows[1:] or train_rows])), 1
+        ),
+        final_loss=train_rows[-1]["loss"] if train_rows else None,
+        final_val_loss=vals[-1] if vals else None,
+        steps=train_rows[-1]["step"] if train_rows else 0,
+        lora_rank=cfg.lora_rank,
+        init=cfg.init,
+        model=cfg.model,
+    )
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    plot_run(out, rows)
+    log(f"done: {out}/final ({'adapter' if cfg.lora_rank else 'full model'}), summary {json.dumps(summary)}")
+
+
+def plot_run(out: Path, rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    (out / "plots").mkdir(exist_ok=True)
+    train_rows = [r for r in rows if "loss" in r]
+    val_rows = [r for r in rows if "val_loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([r["step"] for r in train_rows], [r["loss"] for r in train_rows], label="train")
+    if val_rows:
+        ax.plot([r["step"] for r in val_rows], [r["val_loss"] for r in val_rows], "o-", label="validation")
+    ax.set(xlabel="optimizer step", ylabel="loss (nats/token)", title=out.name)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "plots" / "loss.png", dpi=120)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([r["step"] for r in train_rows], [r["tokens_per_sec"] for r in train_rows])
+    ax.set(xlabel="optimizer step", ylabel="tokens / s", title=f"{out.name}: throughput")
+    fig.tight_layout()
+    fig.savefig(out / "plots" / "throughput.png", dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    run_main(main)
