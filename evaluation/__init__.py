@@ -1,0 +1,1 @@
+"""Metrics, reports and the run comparison behind evaluate.py."""
