@@ -149,10 +149,11 @@ def run_row(run: Path, tag: str = "") -> dict:
     peak = summary.get("peak_mem_bytes") or max((r.get("mem_bytes") or 0 for r in logs), default=0) or None
     speeds = [r["tokens_per_sec"] for r in logs if r.get("tokens_per_sec")]
     vals = [r["val_loss"] for r in logs if r.get("val_loss") is not None]
+    elapsed = max((r.get("elapsed_s") or 0 for r in logs), default=0)
     row.update(
         trainable_params=summary.get("trainable_params"),
         peak_mem_gib=peak / 2**30 if peak else None,
-        train_time_min=summary["train_time_s"] / 60 if summary.get("train_time_s") else None,
+        train_time_min=(summary.get("train_time_s") or elapsed or 0) / 60 or None,
         tokens_per_sec=summary.get("tokens_per_sec") or (float(np.median(speeds)) if speeds else None),
         val_loss=summary.get("final_val_loss") or (vals[-1] if vals else None),
     )
