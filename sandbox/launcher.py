@@ -1,0 +1,412 @@
+"""The trusted launcher: run as `python3 -I -S launcher.py CONFIG_JSON` by the harness, it builds the cage and
+then becomes the sandboxed interpreter. Standard library only, one file: with `-I` the interpreter does not
+put this file's folder on sys.path, so nothing else of ours can be imported here.
+
+Process tree of one run (direct backend, as root):
+
+    harness (trusted)
+      └─ launcher            host pid ns, root: unshare(mount, net, pid, ipc, uts), fork
+           └─ ns init        pid 1 of the new ns, root: private read-only root + tmpfs /tmp, /dev/shm; fork
+                └─ sample    pid 2: rlimits, setuid(worker uid), no_new_privs, seccomp, then untrusted code
+
+Every step before the untrusted code fails closed: an error is reported on the status fd (which only
+trusted processes hold) and the run is a sandbox_error. Nothing the sample writes is trusted: it reaches
+the harness only as framed literals on the result fd, which the harness parses with `ast.literal_eval`.
+
+Imported by the harness for `encode`/`decode` (the wire format); importing has no side effects.
+"""
+
+import os
+import sys
+
+MAX_MESSAGE = 4 << 20  # bytes per framed message, both directions
+MAX_DEPTH = 64  # nesting of a value on the wire
+SETUP_FAILED = 121  # exit code of a sample child whose setup failed (also reported on the status fd)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Wire format: 4-byte big-endian length + the repr of a value made of exact builtin types.
+
+
+def _literal(v, depth: int) -> str:
+    """repr() restricted to exact builtin types, so `ast.literal_eval` gives back an equal value."""
+    if depth > MAX_DEPTH:
+        raise ValueError("value nested too deeply")
+    t = type(v)
+    if v is None or t is bool or t is str or t is bytes:
+        return repr(v)
+    if t is int:
+        return hex(v) if abs(v) > 1 << 60 else repr(v)  # hex has no int-to-str digit limit
+    if t is float:
+        if v != v:
+            raise ValueError("nan cannot cross the wire")
+        return repr(v) if abs(v) != float("inf") else ("1e999" if v > 0 else "-1e999")
+    if t is complex:
+        if v != v or abs(v) == float("inf"):
+            raise ValueError("non-finite complex cannot cross the wire")
+        return repr(v)
+    if t is list:
+        return "[" + ", ".join(_literal(x, depth + 1) for x in v) + "]"
+    if t is tuple:
+        inner = ", ".join(_literal(x, depth + 1) for x in v)
+        return "(" + inner + ("," if len(v) == 1 else "") + ")"
+    if t is set:
+        return "{" + ", ".join(_literal(x, depth + 1) for x in v) + "}" if v else "set()"
+    if t is dict:
+        items = (_literal(k, depth + 1) + ": " + _literal(x, depth + 1) for k, x in v.items())
+        return "{" + ", ".join(items) + "}"
+    raise TypeError(f"{t.__name__} cannot cross the wire (only exact builtin types)")
+
+
+def encode(value) -> bytes:
+    """One framed message: length + literal text. Raises TypeError/ValueError for values that cannot cross."""
+    body = _literal(value, 0).encode("utf-8", "surrogatepass")
+    if len(body) > MAX_MESSAGE:
+        raise ValueError(f"message of {len(body)} bytes exceeds {MAX_MESSAGE}")
+    return len(body).to_bytes(4, "big") + body
+
+
+def decode(body: bytes):
+    """Parse one message body (harness side). Only literals are accepted, so the result holds builtin types
+    only: no call, attribute, name or subclass can be expressed."""
+    import ast  # here, not at the top: the sandbox side never needs it, and it costs ~10 ms of startup
+
+    if len(body) > MAX_MESSAGE:
+        raise ValueError("message too large")
+    return ast.literal_eval(body.decode("utf-8", "surrogatepass"))
+
+
+def _decode_from_harness(body: bytes):
+    """The sandbox side's parser: the sender is the trusted harness, so eval of its literal is safe."""
+    return eval(body.decode("utf-8", "surrogatepass"), {"__builtins__": {}, "set": set})
+
+
+def _read_exact(fd: int, n: int) -> bytes:
+    chunks = []
+    while n:
+        chunk = os.read(fd, min(n, 1 << 16))
+        if not chunk:
+            raise EOFError
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def _recv(fd: int):
+    n = int.from_bytes(_read_exact(fd, 4), "big")
+    if n > MAX_MESSAGE:
+        raise ValueError("message too large")
+    return _decode_from_harness(_read_exact(fd, n))
+
+
+def _send(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Kernel interfaces through ctypes (no compiled helper to build or trust).
+
+CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
+CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+MNT_DETACH = 2
+PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 1, 38, 22, 2
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
+
+_libc = None
+
+
+def _c():
+    global _libc
+    if _libc is None:
+        import ctypes
+
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        import ctypes
+
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _b(s):
+    return None if s is None else os.fsencode(s)
+
+
+def _mount(src, target, fstype, flags, data=None) -> None:
+    _check(_c().mount(_b(src), _b(target), _b(fstype), flags, _b(data)), f"mount {target}")
+
+
+def _prctl(option: int, arg: int) -> None:
+    import ctypes
+
+    _check(_c().prctl(option, ctypes.c_ulong(arg), 0, 0, 0), f"prctl {option}")
+
+
+def _install_seccomp(bpf: bytes) -> None:
+    import ctypes
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    buf = ctypes.create_string_buffer(bpf, len(bpf))
+    prog = SockFprog(len(bpf) // 8, ctypes.cast(buf, ctypes.c_void_p))  # struct sock_filter is 8 bytes
+    ret = _c().prctl(PR_SET_SECCOMP, ctypes.c_ulong(SECCOMP_MODE_FILTER), ctypes.byref(prog), 0, 0)
+    _check(ret, "seccomp")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The cage.
+
+
+def _report(cfg: dict, line: str) -> None:
+    """A line on the status fd, which only trusted processes (launcher, ns init, pre-code sample) hold."""
+    os.write(cfg["status_fd"], (line.replace("\n", " ") + "\n").encode())
+
+
+def _build_root(cfg: dict) -> None:
+    """Private, read-only root with only the interpreter's files, fresh /proc and size-capped tmpfs."""
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount propagates back to the host
+    new = "/tmp"  # any existing directory works as the staging mount point: the ns is private
+    _mount("sandbox", new, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
+    for kind, path, target in cfg["root"]:  # ("bind", "/usr", None) | ("symlink", "/lib", "usr/lib")
+        dest = new + path
+        if kind == "symlink":
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            os.symlink(target, dest)
+            continue
+        os.makedirs(dest, exist_ok=True)
+        _mount(path, dest, None, MS_BIND)
+        _mount(None, dest, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    os.makedirs(new + "/dev/shm")
+    for dev in ("null", "zero", "random", "urandom"):
+        open(new + "/dev/" + dev, "w").close()
+        _mount("/dev/" + dev, new + "/dev/" + dev, None, MS_BIND)
+    tmp_opts = f"size={cfg['tmp_mb']}m,mode=1777"
+    os.makedirs(new + "/tmp")
+    _mount("tmp", new + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, tmp_opts)
+    _mount("shm", new + "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, tmp_opts)
+    os.makedirs(new + "/proc")
+    _mount("proc", new + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    os.chdir(new)
+    # pivot_root(".", ".") stacks the old root under the new one; detaching it leaves only the new root.
+    _check(_c().syscall(SYS_PIVOT_ROOT[os.uname().machine], b".", b"."), "pivot_root")
+    _check(_c().umount2(b".", MNT_DETACH), "umount old root")
+    os.chdir("/")
+    _mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    _check(_c().sethostname(b"sandbox", 7), "sethostname")
+
+
+def _limit(cfg: dict) -> None:
+    import resource
+
+    mem = cfg["memory_mb"] << 20
+    cpu = cfg["cpu_s"]
+    for res, soft, hard in (
+        (resource.RLIMIT_AS, mem, mem),
+        (resource.RLIMIT_CPU, cpu, cpu + 1),  # SIGXCPU at soft, SIGKILL at hard: busy loops cannot outlive it
+        (resource.RLIMIT_FSIZE, cfg["fsize"], cfg["fsize"]),  # stdout/stderr files and anything in /tmp
+        (resource.RLIMIT_NOFILE, 64, 64),
+        (resource.RLIMIT_NPROC, cfg["nproc"], cfg["nproc"]),  # per uid: bounds thread bombs
+        (resource.RLIMIT_CORE, 0, 0),
+        (resource.RLIMIT_MEMLOCK, 0, 0),
+    ):
+        resource.setrlimit(res, (soft, hard))
+
+
+def _sample(cfg: dict) -> None:
+    """Child that becomes the sample: drop everything, then run the untrusted code. Never returns."""
+    try:
+        _limit(cfg)
+        if cfg["uid"] is not None:
+            os.setgroups([])
+            os.setresgid(cfg["uid"], cfg["uid"], cfg["uid"])
+            os.setresuid(cfg["uid"], cfg["uid"], cfg["uid"])
+            if os.getuid() != cfg["uid"] or os.geteuid() != cfg["uid"]:
+                raise OSError("uid drop did not stick")
+        _prctl(PR_SET_PDEATHSIG, 9)  # after the uid change, which clears it
+        _prctl(PR_SET_NO_NEW_PRIVS, 1)
+        os.chdir("/tmp")
+        if cfg["seccomp"]:
+            _install_seccomp(bytes.fromhex(cfg["seccomp"]))
+        _report(cfg, "L " + " ".join(cfg["layers"]))
+        os.close(cfg["status_fd"])  # from here on only trusted processes can write status lines
+    except BaseException as e:  # noqa: BLE001 - any failure before the code runs is a sandbox error
+        _report(cfg, f"E sample setup: {type(e).__name__}: {e}")
+        os._exit(SETUP_FAILED)
+    _run_untrusted(cfg)
+
+
+def _supervise(cfg: dict) -> None:
+    """Pid 1 of the namespaces (direct backend): fork the sample, report its wait status. Never returns."""
+    pid = os.fork()
+    if pid == 0:
+        _sample(cfg)
+    for fd in (cfg["req_fd"], cfg["res_fd"], cfg["code_fd"]):
+        os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    _report(cfg, f"W {status}")
+    os._exit(0)
+
+
+def _ns_init(cfg: dict, go_fd: int) -> None:
+    """Pid 1 of the new namespaces: build the root, then supervise. Dies with the launcher."""
+    try:
+        _prctl(PR_SET_PDEATHSIG, 9)
+        if os.read(go_fd, 1) != b"g":  # launcher already gone: the death signal may have been missed
+            os._exit(1)
+        os.close(go_fd)
+        _build_root(cfg)
+        os.setsid()  # the sample cannot signal the launcher's process group
+    except BaseException as e:  # noqa: BLE001
+        _report(cfg, f"E namespace setup: {type(e).__name__}: {e}")
+        os._exit(1)
+    _supervise(cfg)
+
+
+def launch(cfg: dict) -> None:
+    """One run. Forks the ns init (direct) or the sample (bwrap, none), then waits for it to finish or for
+    the harness to close the kill pipe; exiting takes the rest down (death signals, pid ns teardown)."""
+    direct = cfg["backend"] == "direct"
+    try:
+        _prctl(PR_SET_PDEATHSIG, 9)  # our parent (zygote or harness) dies -> so do we, and so on down
+        if os.getppid() != cfg["parent_pid"]:
+            os._exit(1)
+        if direct:
+            flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
+            _check(_c().unshare(flags), "unshare")
+        go_r, go_w = os.pipe()
+    except BaseException as e:  # noqa: BLE001
+        _report(cfg, f"E launcher: {type(e).__name__}: {e}")
+        os._exit(1)
+    pid = os.fork()
+    if pid == 0:
+        os.close(go_w)
+        os.close(cfg["kill_fd"])
+        if direct:
+            _ns_init(cfg, go_r)
+        os.close(go_r)
+        _sample(cfg)
+    os.close(go_r)
+    for fd in ("req_fd", "res_fd", "code_fd", "lifeline_fd") + (("status_fd",) if direct else ()):
+        os.close(cfg[fd])
+    child = os.pidfd_open(pid)
+    os.write(go_w, b"g")
+    import select
+
+    ready, _, _ = select.select([cfg["kill_fd"], child], [], [])
+    if child in ready:
+        _, status = os.waitpid(pid, 0)
+        if not direct:
+            _report(cfg, f"W {status}")
+    os._exit(0)
+
+
+def zygote(cfg: dict) -> None:
+    """Serve runs for one harness: each request (a config + its fds over a unix socket) is forked off this
+    warm interpreter, so a run costs a fork instead of an interpreter start. Exits when the harness does."""
+    import select
+    import socket
+
+    ctl = socket.socket(fileno=cfg["control_fd"])
+    while True:
+        while True:  # reap finished launchers
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    break
+            except ChildProcessError:
+                break
+        if not select.select([ctl], [], [], 1.0)[0]:
+            continue
+        msg, fds, _, _ = socket.recv_fds(ctl, 1 << 16, 16)
+        if not msg:
+            os._exit(0)
+        run = dict(cfg, **eval(msg.decode(), {"__builtins__": {}}), parent_pid=os.getpid())
+        names = ("req_fd", "res_fd", "status_fd", "lifeline_fd", "code_fd", "kill_fd", "out", "err")
+        run.update(zip(names, fds))
+        if os.fork() == 0:
+            keep = set(fds)
+            os.dup2(run["out"], 1)
+            os.dup2(run["err"], 2)
+            for fd in map(int, os.listdir("/proc/self/fd")):
+                if fd > 2 and fd not in keep:
+                    try:
+                        os.close(fd)  # the control socket, and the listing's own fd (already closed)
+                    except OSError:
+                        pass
+            os.close(run["out"])
+            os.close(run["err"])
+            launch(run)
+        for fd in fds:
+            os.close(fd)
+
+
+def main(argv: list[str]) -> None:
+    cfg = eval(argv[2], {"__builtins__": {}})  # the repr of a dict of literals, written by the harness
+    if argv[1] == "zygote":
+        zygote(cfg)
+    else:
+        launch(dict(cfg, parent_pid=os.getppid()))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Inside the cage: run the code. Everything below may be tampered with by the code it runs; the harness
+# trusts none of it beyond "a literal arrived on the result fd".
+
+
+def _exception(e: BaseException) -> tuple:
+    try:
+        return ("exc", type(e).__name__[:80], str(e)[:500])
+    except BaseException:  # noqa: BLE001 - a hostile __str__
+        return ("exc", "Exception", "")
+
+
+def _run_untrusted(cfg: dict) -> None:
+    import builtins
+
+    req, res = cfg["req_fd"], cfg["res_fd"]
+    with os.fdopen(cfg["code_fd"], "rb") as f:
+        code = f.read().decode("utf-8", "replace")
+    if cfg["mode"] == "script":
+        nonce = _recv(req)
+        os.close(req)
+        try:
+            exec(compile(code, "<sample>", "exec"), {"__name__": "__main__", "__builtins__": builtins})
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except BaseException as e:  # noqa: BLE001 - SystemExit included: exiting is not finishing
+            _send(res, encode(_exception(e)))
+            os._exit(1)
+        _send(res, encode(("done", nonce)))
+        os._exit(0)
+
+    # function mode: define the candidate, then answer calls until the harness closes the request pipe
+    namespace: dict = {}
+    try:
+        exec(compile(code, "<sample>", "exec"), namespace)
+        fn = namespace[cfg["entry_point"]]
+        _send(res, encode(("ready",)))
+    except BaseException as e:  # noqa: BLE001
+        _send(res, encode(_exception(e)))
+        os._exit(1)
+    while True:
+        try:
+            args, kwargs = _recv(req)
+        except EOFError:
+            os._exit(0)
+        try:
+            reply = encode(("ok", fn(*args, **kwargs)))
+        except BaseException as e:  # noqa: BLE001
+            reply = encode(_exception(e))
+        _send(res, reply)
+
+
+if __name__ == "__main__":
+    main(sys.argv)
