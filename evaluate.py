@@ -126,13 +126,20 @@ def score(tasks: list[Task], completions: list[list[str]], sandbox) -> list[dict
         row = dict(
             id=f"{t.id}#{j}", prompt_id=t.id, set=t.kind, sample=j, completion=c, reference=t.reference
         )
-        row.update(bleu=sentence_bleu(c, t.reference), rouge_l=rl, syntax_ok=syntax_ok(t.code_prefix + c))
+        # An empty completion is no code, though a docstring-format prompt alone would parse and run.
+        valid = bool(c.strip()) and syntax_ok(t.code_prefix + c)
+        row.update(bleu=sentence_bleu(c, t.reference), rouge_l=rl, syntax_ok=valid)
         rows.append(row)
     # Code that does not parse cannot run cleanly: its verdict needs no sandbox.
     scripts = [i for i, r in enumerate(rows) if r["set"] == "split" and r["syntax_ok"]]
     checks = [i for i, r in enumerate(rows) if r["set"] == "humaneval"]
     for i, r in enumerate(rows):
-        r["status"] = "failed:syntax" if r["set"] == "split" and not r["syntax_ok"] else None
+        empty = not r["completion"].strip()
+        r["status"] = (
+            ("failed:empty" if empty else "failed:syntax")
+            if r["set"] == "split" and not r["syntax_ok"]
+            else None
+        )
     if scripts:
         results = sandbox.run_scripts([pairs[i][0].code_prefix + pairs[i][2] for i in scripts])
         for i, res in zip(scripts, results):
@@ -189,8 +196,10 @@ def evaluate_model(net, tasks: list[Task], cfg: EvalConfig, out: Path, sandbox, 
             n=n, temperature=0.0 if kind == "split" else cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k
         )
         batches = [group[i : i + cfg.batch_size] for i in range(0, len(group), cfg.batch_size)]
-        bar_g = tqdm(total=len(group) * n, desc=f"{kind}: generate", unit="sample", file=sys.stderr)
-        bar_e = tqdm(total=len(group) * n, desc=f"{kind}: execute", unit="sample", file=sys.stderr)
+        bars = dict(
+            total=len(group) * n, unit="sample", file=sys.stderr, disable=not sys.stderr.isatty() or not group
+        )
+        bar_g, bar_e = tqdm(desc=f"{kind}: generate", **bars), tqdm(desc=f"{kind}: execute", **bars)
         for b, batch in enumerate(batches):
             if all(f"{t.id}#{j}" in done for t in batch for j in range(n)):
                 bar_g.update(len(batch) * n), bar_e.update(len(batch) * n)
@@ -304,8 +313,8 @@ def self_check(cfg: EvalConfig) -> bool:
 # ------------------------------------------------------------------------------------------------ main
 def split_tasks(cfg: EvalConfig, run_cfg: dict) -> list[Task]:
     """The first --limit examples of the held-out split, rebuilt by data.prepare with the run's data settings
-    (so the split and its prompt format are the ones the run was trained and validated with)."""
-    from data.prepare import DataConfig, format_prompt, prepare
+    (the split, filters and prompt format the run was trained and validated with)."""
+    from data.prepare import DataConfig, prepare, prompt_and_target
 
     names = {f.name for f in dataclasses.fields(DataConfig)}
     values = {k: v for k, v in run_cfg.items() if k in names}
@@ -315,14 +324,11 @@ def split_tasks(cfg: EvalConfig, run_cfg: dict) -> list[Task]:
     tasks = []
     for i in range(len(ds) if cfg.limit == 0 else min(cfg.limit, len(ds))):
         rec = ds.records(i)
-        prompt = format_prompt(rec["docstring"], rec.get("func_name"), dc.prompt_format)
-        if prompt.rstrip().endswith(rec["signature"].rstrip()) or rec["signature"] in prompt:
-            # The prompt ends in the signature (docstring format): the model writes the body, and the
-            # full function for ast.parse / exec is the prompt's code plus the completion.
-            body = rec["code"][len(rec["signature"]) :].lstrip("\n")
-            tasks.append(Task(f"{cfg.split}/{rec['id']}", "split", prompt, body, prompt))
-        else:  # the study's "Prompt: ... Code: " format: the model writes the whole function
-            tasks.append(Task(f"{cfg.split}/{rec['id']}", "split", prompt, rec["code"], ""))
+        prompt, target = prompt_and_target(rec, dc.prompt_format)  # the cache holds only expressible ones
+        # docstring format: the prompt ends in the signature + docstring and the model writes the body, so
+        # ast.parse / the sandbox see prompt + completion; study format: the model writes the whole def.
+        prefix = prompt if dc.prompt_format == "docstring" else ""
+        tasks.append(Task(f"{cfg.split}/{rec['id']}", "split", prompt, target, prefix))
     return tasks
 
 

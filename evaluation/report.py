@@ -62,7 +62,9 @@ def plot_bleu_vs_exec(rows: list[dict], path: Path) -> None:
         rs = [r for r in rows if r["set"] == kind]
         x, y = np.array([r["bleu"] for r in rs]), np.array([float(r[ok]) for r in rs])
         ax.scatter(x, y + rng.uniform(-0.08, 0.08, len(y)), s=12, alpha=0.6)
-        ax.set(xlabel="sentence BLEU (code tokens)", ylabel=ok, yticks=[0, 1], ylim=(-0.3, 1.3))
+        ax.set(
+            xlabel="sentence BLEU (code tokens)", ylabel=ok, yticks=[0, 1], ylim=(-0.3, 1.3), xlim=(-2, 102)
+        )
         ax.set_title(f"{kind}: Spearman rho = {spearman(x, y):.3f} (n={len(rs)})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

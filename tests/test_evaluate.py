@@ -162,6 +162,13 @@ def test_unparsable_code_is_not_sent_to_the_sandbox_and_counts_as_not_clean():
     assert [r["exec_clean"] for r in rows] == [False, False, True] and len(box.scripts) == 2
 
 
+def test_an_empty_body_is_not_valid_code_even_where_the_prompt_alone_parses():
+    sig = 'def add(a, b):\n    """Add two numbers."""\n'
+    box = FakeSandbox()
+    row = score([split_task(sig, "    return a + b\n", sig)], [["\n"]], box)[0]
+    assert syntax_ok(sig) and not row["syntax_ok"] and row["status"] == "failed:empty" and not box.scripts
+
+
 def test_summarize_groups_humaneval_samples_by_problem_for_pass_at_k():
     problems = [{"task_id": f"P/{i}", "canonical_solution": "    return 1\n"} for i in range(2)]
     tasks = [
