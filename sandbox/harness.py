@@ -174,9 +174,9 @@ class Sandbox:
                 raise SandboxUnavailable(msg) from e
             self._seccomp = ""
         order = {"auto": ["direct", "bwrap"], "direct": ["direct"], "bwrap": ["bwrap"], "none": []}[backend]
-        if unsafe or backend == "none":
+        if unsafe:
             order.append("none")
-        why = []
+        why = [] if order else ["backend none needs unsafe_no_sandbox=True"]
         for name in order:
             if name == "direct" and os.geteuid() != 0:
                 why.append("direct: needs root")
@@ -201,7 +201,7 @@ class Sandbox:
         if backend == "bwrap":
             uid = ["uid"] if os.geteuid() != 0 else ["userns"]
             return ["rlimits", "netns", "mountns", "pidns", "ipcns", "utsns", *uid, "no_new_privs", *seccomp]
-        return ["rlimits", "no_new_privs", *seccomp]
+        return ["rlimits", *(["uid"] if os.geteuid() == 0 else []), "no_new_privs", *seccomp]
 
     # -- one run ------------------------------------------------------------------------------------------
 
@@ -219,9 +219,9 @@ class Sandbox:
         )
 
     def _command(self, cfg: dict, role: str = "launch") -> list:
-        py = [self.python, "-I", "-S", LAUNCHER, role, repr(cfg)]
         if self.backend != "bwrap":
-            return py
+            return [self.python, "-I", "-S", LAUNCHER, role, repr(cfg)]
+        py = [self.python, "-I", "-S", "/launcher.py", role, repr(cfg)]
         cmd = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--clearenv"]
         cmd += ["--hostname", "sandbox", "--cap-drop", "ALL"]
         if os.geteuid() == 0:  # root outside: become an unprivileged uid inside a user namespace
@@ -229,7 +229,19 @@ class Sandbox:
         for kind, path, target in self._root:
             cmd += ["--symlink", target, path] if kind == "symlink" else ["--ro-bind", path, path]
         size = str(self.tmp_mb << 20)
-        cmd += ["--dev", "/dev", "--proc", "/proc", "--size", size, "--tmpfs", "/tmp"]
+        cmd += [
+            "--ro-bind",
+            LAUNCHER,
+            "/launcher.py",
+            "--dev",
+            "/dev",
+            "--proc",
+            "/proc",
+            "--size",
+            size,
+            "--tmpfs",
+            "/tmp",
+        ]
         cmd += ["--size", size, "--tmpfs", "/dev/shm", "--remount-ro", "/", "--chdir", "/tmp", "--"]
         return cmd + py
 
@@ -286,7 +298,10 @@ class Sandbox:
             else:
                 names = ("req_fd", "res_fd", "status_fd", "lifeline_fd", "code_fd", "kill_fd")
                 cfg = dict(self._base_config(), **per_run, **dict(zip(names, fds)))
-                cfg["uid"] = None  # bwrap maps the uid; without namespaces there is no one to drop to
+                # bwrap maps the uid itself. Without namespaces a root harness still drops to the worker uid:
+                # with no pid namespace, a root sample's kill(-1) would reach every process on the host.
+                if self.backend == "bwrap" or os.geteuid() != 0:
+                    cfg["uid"] = None
                 proc = subprocess.Popen(
                     self._command(cfg),
                     stdin=subprocess.DEVNULL,

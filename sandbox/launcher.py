@@ -298,7 +298,9 @@ def launch(cfg: dict) -> None:
     for fd in ("req_fd", "res_fd", "code_fd", "lifeline_fd") + (("status_fd",) if direct else ()):
         os.close(cfg[fd])
     child = os.pidfd_open(pid)
-    os.write(go_w, b"g")
+    if direct:
+        os.write(go_w, b"g")
+    os.close(go_w)
     import select
 
     ready, _, _ = select.select([cfg["kill_fd"], child], [], [])
