@@ -1,0 +1,1 @@
+"""Where the bytes of a training step go: measured (profiler.memory) and predicted from the config."""
