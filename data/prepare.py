@@ -83,7 +83,7 @@ def format_prompt(
         if len(lines) == 1:
             doc = f'{indent}"""{lines[0]}"""'
         else:
-            doc = f'{indent}"""{lines[0]}\n' + "".join(f"{indent}{ln}\n".rstrip(" ") for ln in lines[1:])
+            doc = f'{indent}"""{lines[0]}\n' + "".join((indent + ln).rstrip() + "\n" for ln in lines[1:])
             doc += f'{indent}"""'
         return f"{signature}\n{doc}\n"
     raise ValueError(f"unknown prompt format {fmt!r}; choose from {', '.join(FORMATS)}")

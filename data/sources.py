@@ -41,7 +41,7 @@ CODEXGLUE_COLUMNS = (
     "code", "code_tokens", "docstring", "docstring_tokens", "sha", "url",
 )  # fmt: skip
 CODEXGLUE_NEEDED = ("id", "repo", "path", "func_name", "code", "docstring")  # the columns we read
-MINER_VERSION = 1  # bump when mining or filtering changes, so cached corpora are rebuilt
+MINER_VERSION = 2  # bump when mining or filtering changes, so cached corpora are rebuilt
 
 
 # ---------------------------------------------------------------- one function's text
@@ -278,7 +278,7 @@ def mine_file(root: str, rel: str) -> tuple[list[dict], Counter]:
             files=1, **{"undecodable_file" if isinstance(e, UnicodeError) else "unparsable_file": 1}
         )
     lines = text.splitlines()
-    records = []
+    records, seen = [], Counter()
     for node, qualname in _functions(tree.body, ""):
         doc = ast.get_docstring(node)
         counts["functions"] += 1
@@ -298,8 +298,10 @@ def mine_file(root: str, rel: str) -> tuple[list[dict], Counter]:
         start = min([d.lineno for d in node.decorator_list] + [node.lineno])
         col = node.col_offset
         code = "\n".join(_dedent(line, col) for line in lines[start - 1 : node.end_lineno])  # slice by lines
+        seen[qualname] += 1  # a property's getter and setter share a name: the second is ...#2
+        uid = f"{rel}::{qualname}" + (f"#{seen[qualname]}" if seen[qualname] > 1 else "")
         rec = make_record(
-            code, summary, id=f"{rel}::{qualname}", func_name=qualname, repo=Path(root).name, path=rel,
+            code, summary, id=uid, func_name=qualname, repo=Path(root).name, path=rel,
             split=hash_split(f"{rel}::{qualname}"),
         )  # fmt: skip
         if rec is None:
