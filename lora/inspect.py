@@ -28,7 +28,7 @@ def describe(folder: str) -> str:
         dW = m["scaling"] * (B @ A)  # (out, in)
         per_slice = " / ".join(f"{t.norm():.3g}" for t in dW.chunk(3)) if m["name"].endswith("c_attn") else ""
         shape, rank = f"{dW.shape[0]}x{dW.shape[1]}", f"{sum(on)}x{m['rank'] // sum(on)}" if on else m["rank"]
-        rows.append(f"{m['name']:<32} {rank:>4}  {shape:>11}  {dW.norm():>10.4g}  {per_slice}")
+        rows.append(f"{m['name']:<32} {rank:>4}  {shape:>11}  {dW.norm():>10.4g}  {per_slice}".rstrip())
     slices = any(m["slices"] for m in modules)
     lines = [
         f"adapter     {folder}  (base model: {cfg.get('base_model_name_or_path')})",

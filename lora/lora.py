@@ -103,12 +103,8 @@ class LoRALinear(nn.Module):
             self.merged = False
 
     def extra_repr(self) -> str:
-        on = (
-            ""
-            if self.slices is None
-            else ", slices=" + "|".join("qkv"[i] for i, s in enumerate(self.slices) if s)
-        )
-        return f"in={self.in_features}, out={self.out_features}, r={self.rank}, scaling={self.scaling:g}{on}"
+        on = "" if self.slices is None else "".join(c for c, s in zip("qkv", self.slices) if s)
+        return f"in={self.in_features}, out={self.out_features}, r={self.rank}, scaling={self.scaling:g} {on}"
 
 
 def parse_targets(spec: str | list[str] | tuple[str, ...]) -> list[str]:
