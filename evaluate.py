@@ -130,16 +130,13 @@ def score(tasks: list[Task], completions: list[list[str]], sandbox) -> list[dict
         valid = bool(c.strip()) and syntax_ok(t.code_prefix + c)
         row.update(bleu=sentence_bleu(c, t.reference), rouge_l=rl, syntax_ok=valid)
         rows.append(row)
-    # Code that does not parse cannot run cleanly: its verdict needs no sandbox.
-    scripts = [i for i, r in enumerate(rows) if r["set"] == "split" and r["syntax_ok"]]
-    checks = [i for i, r in enumerate(rows) if r["set"] == "humaneval"]
-    for i, r in enumerate(rows):
-        empty = not r["completion"].strip()
+    # Code that does not parse cannot run cleanly or pass a test: its verdict needs no sandbox.
+    for r in rows:
         r["status"] = (
-            ("failed:empty" if empty else "failed:syntax")
-            if r["set"] == "split" and not r["syntax_ok"]
-            else None
+            None if r["syntax_ok"] else "failed:empty" if not r["completion"].strip() else "failed:syntax"
         )
+    scripts = [i for i, r in enumerate(rows) if r["set"] == "split" and r["syntax_ok"]]
+    checks = [i for i, r in enumerate(rows) if r["set"] == "humaneval" and r["syntax_ok"]]
     if scripts:
         results = sandbox.run_scripts([pairs[i][0].code_prefix + pairs[i][2] for i in scripts])
         for i, res in zip(scripts, results):
@@ -413,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         logs = [
             json.loads(x) for x in (Path(cfg.run) / "metrics.jsonl").read_text().splitlines() if x.strip()
         ]
-        logs = [r for r in logs if "step" in r]
+        logs = [r for r in logs if "step" in r and "epoch" in r]
         for p in points:
             p["step"] = (
                 int(p["checkpoint"][5:])
