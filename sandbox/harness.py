@@ -87,6 +87,10 @@ def _safe_name(name) -> str:
     return name if type(name) is str and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]{0,79}", name) else "Exception"
 
 
+def _is_exc(message) -> bool:
+    return type(message) is tuple and len(message) == 3 and message[0] == "exc"
+
+
 def _read_capped(fd: int) -> str:
     data = os.pread(fd, OUTPUT_CHARS * 4, 0)
     return data.decode("utf-8", "replace")[:OUTPUT_CHARS]
@@ -95,6 +99,14 @@ def _read_capped(fd: int) -> str:
 @functools.lru_cache(maxsize=1024)
 def _compiled(source: str, name: str):
     return compile(source, name, "exec")
+
+
+def _trusted_prompt(prompt: str):
+    """The prompt compiled for the trusted side; a bare signature gets a `pass` body so it compiles."""
+    try:
+        return _compiled(prompt, "<prompt>")
+    except SyntaxError:
+        return _compiled(prompt.rstrip("\n") + "\n    pass\n", "<prompt>")
 
 
 def _find_python(python: str | None) -> str:
@@ -411,10 +423,10 @@ class Sandbox:
         """Status of a run that did not pass, from trusted facts first, then the sample's own message."""
         if run.error:
             return "sandbox_error", run.error
-        if run.timed_out:
-            return "timeout", f"wall clock {self.timeout:g}s"
         if run.violation:
             return "failed:protocol", run.violation
+        if run.timed_out:
+            return "timeout", f"wall clock {self.timeout:g}s"
         if run.layers != self.layers:
             return "sandbox_error", f"the sandbox confirmed layers {run.layers}, expected {self.layers}"
         if run.wait_status is None:
@@ -430,7 +442,7 @@ class Sandbox:
             if sig == signal.SIGXFSZ:
                 return "failed:output_limit", "output or file size limit"
             return "crash", f"killed by {name}"
-        if type(first) is tuple and len(first) == 3 and first[0] == "exc":
+        if _is_exc(first):
             name = _safe_name(first[1])
             detail = f"{name}: {first[2] if type(first[2]) is str else ''}"[:500]
             return ("memory" if name == "MemoryError" else f"failed:{name}"), detail
@@ -466,6 +478,8 @@ class Sandbox:
         finally:
             self._slots.put(slot)
         first = run.messages[0] if run.messages else None
+        if first is not None and first != ("done", nonce) and not _is_exc(first):
+            run.violation = run.violation or "unexpected message"
         ok = (
             first == ("done", nonce)
             and not (run.error or run.timed_out or run.violation)
@@ -487,11 +501,15 @@ class Sandbox:
         slot = self._acquire()
         try:
             run = self._start("function", problem["prompt"] + completion + "\n", slot, entry)
-            self._pump(run, lambda: run.messages or not run.res_open)
+            self._pump(run, lambda: run.messages or not run.res_open or run.violation)
             first = run.messages[0] if run.messages else None
             status, detail = None, ""
             if first == ("ready",) and not run.violation and run.layers == self.layers:
                 status, detail = self._check(run, problem)
+            elif first is not None and not _is_exc(first):
+                run.violation = run.violation or "unexpected first message"
+            if status is None and not run.violation:  # let it end by itself, so its exit status can be read
+                self._pump(run, lambda: not run.res_open and not run.status_open)
             stdout, stderr = self._finish(run)
         finally:
             self._slots.put(slot)
@@ -508,10 +526,14 @@ class Sandbox:
         namespace: dict = {}
         try:
             # The prompt is dataset code (trusted): it may define helpers the test uses (poly, encode_cyclic).
-            exec(_compiled(problem["prompt"], "<prompt>"), namespace)
+            exec(_trusted_prompt(problem["prompt"]), namespace)
             namespace[problem["entry_point"]] = candidate
             exec(_compiled(problem["test"], "<test>"), namespace)
-            namespace["check"](candidate)
+            check = namespace["check"]
+        except Exception as e:  # noqa: BLE001
+            return "sandbox_error", f"the problem's prompt/test does not run on the trusted side: {e!r}"[:500]
+        try:
+            check(candidate)
         except _Fault:
             pass
         except CandidateError as e:
@@ -580,7 +602,7 @@ class _Candidate:
         reply = run.messages[n]
         if type(reply) is tuple and len(reply) == 2 and reply[0] == "ok":
             return reply[1]
-        if type(reply) is tuple and len(reply) == 3 and reply[0] == "exc":
+        if _is_exc(reply):
             raise CandidateError(_safe_name(reply[1]), reply[2] if type(reply[2]) is str else "")
         run.violation = self.fault = "malformed reply"
         raise _Fault(self.fault)

@@ -372,7 +372,9 @@ def _exception(e: BaseException) -> tuple:
 
 def _run_untrusted(cfg: dict) -> None:
     import builtins
+    import signal
 
+    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # Python ignores it; the output cap should kill, visibly
     req, res = cfg["req_fd"], cfg["res_fd"]
     with os.fdopen(cfg["code_fd"], "rb") as f:
         code = f.read().decode("utf-8", "replace")
