@@ -13,12 +13,21 @@ it is generated.
 from __future__ import annotations
 
 import codecs
+import dataclasses
+import json
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
 
 import torch
 
+from cli import UsageError, build_parser, run_main
+from data.prepare import DataConfig, format_prompt
 from data.tokenizer import get_tokenizer
+from model.hf import resolve_dtype
+from runs import load_model_for_inference, read_config
 
 # HumanEval's stops (Codex paper): a completion ends where the next top-level statement would begin.
 STOP_SEQUENCES = ("\ndef", "\nclass", "\nif", "\nprint", "\n#")
@@ -138,3 +147,357 @@ def complete(
             emit(r)
             out[batch[r // n]][r % n] = row.text
     return out
+
+
+# ---------------------------------------------------------------- the command line
+INITS = ("pretrained", "random")
+FORMATS = ("study", "docstring")
+DTYPES = ("auto", "fp32", "bf16", "fp16")
+SETTINGS = (
+    "prompt_format",
+    "signature",
+    "func_name",
+    "n",
+    "temperature",
+    "top_p",
+    "top_k",
+    "max_new_tokens",
+    "seed",
+)
+
+
+def opt(default, help: str, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class GenerateConfig:
+    prompt: str = opt("", "the docstring: what the function should do (or pass it as the last argument)")
+    # the model
+    run: str | None = opt(None, "a run folder written by train.py (its final/ weights, its prompt format)")
+    checkpoint: str | None = opt(None, "with --run: a step-N checkpoint of the run instead of final/")
+    weights: str | None = opt(None, "an HF GPT-2 folder, .safetensors file or hub id (default: --model's)")
+    adapter: str | None = opt(None, "a PEFT LoRA adapter folder, merged into the weights")
+    init: str = opt("pretrained", "pretrained weights, or random (offline smoke tests)", choices=INITS)
+    model: str = opt("gpt2", "architecture preset: gpt2, gpt2-medium, gpt2-large, gpt2-xl, tiny")
+    prompt_format: str | None = opt(
+        None, "study or docstring (default: the run's, else the training default)", choices=FORMATS
+    )
+    signature: str | None = opt(None, 'docstring format: the def line, e.g. "def fib(n: int) -> int:"')
+    func_name: str | None = opt(None, "docstring format without --signature: def NAME(): (default solution)")
+    # sampling
+    n: int = opt(1, "completions per prompt")
+    temperature: float = opt(0.0, "0 = greedy; 0.2 for one good answer, 0.8 for variety")
+    top_p: float = opt(1.0, "nucleus sampling: keep the smallest set of tokens with this much probability")
+    top_k: int = opt(0, "sample among the k likeliest tokens (0 = all)")
+    max_new_tokens: int = opt(256, "tokens to generate at most per completion")
+    seed: int = opt(0, "seed of the sampler")
+    # what to do with the code
+    run_code: bool = opt(False, "run each completion in the sandbox (script mode): status, output, duration")
+    test: str | None = opt(None, 'asserts run after the code in the sandbox, e.g. "assert fib(10) == 55"')
+    timeout: float = opt(5.0, "sandbox wall-clock limit per run, seconds")
+    unsafe_no_sandbox: bool = opt(False, "run generated code with NO isolation (only code you trust)")
+    # output
+    interactive: bool = opt(
+        False, "a REPL: one docstring per line, :help lists commands; the model stays loaded"
+    )
+    json: bool = opt(False, "print one JSON object (per prompt) instead of text")
+    stream: bool | None = opt(None, "print tokens as they come (default: when stdout is a terminal; n=1)")
+    device: str = opt("auto", "auto, cpu, cuda, cuda:N")
+    dtype: str = opt("auto", "auto (bf16/fp16 on a GPU, fp32 on CPU), fp32, bf16, fp16", choices=DTYPES)
+
+
+def parse_args(argv: list[str] | None = None) -> GenerateConfig:
+    """Flags from GenerateConfig (cli.build_parser), plus the docstring as the trailing words."""
+    parser = build_parser(GenerateConfig, description=__doc__.split("\n\n")[0], prog="generate.py")
+    parser.add_argument("words", nargs="*", help="the docstring (the same as --prompt)")
+    values = vars(parser.parse_args(argv))
+    words = " ".join(values.pop("words"))
+    if words and values["prompt"]:
+        raise UsageError("pass the docstring once: either as --prompt or as the last argument")
+    return GenerateConfig(**{**values, "prompt": values["prompt"] or words})
+
+
+def check_settings(cfg: GenerateConfig) -> None:
+    """The sampling settings, also checked when the REPL changes one."""
+    if cfg.n < 1:
+        raise UsageError(f"--n {cfg.n}: ask for at least 1 completion")
+    if cfg.temperature < 0:
+        raise UsageError(f"--temperature {cfg.temperature} is negative; use 0 (greedy) or more")
+    if not 0 < cfg.top_p <= 1:
+        raise UsageError(f"--top-p {cfg.top_p} is outside (0, 1]; 1 turns nucleus sampling off")
+    if cfg.top_k < 0:
+        raise UsageError(f"--top-k {cfg.top_k} is negative; 0 turns top-k off")
+    if cfg.max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens {cfg.max_new_tokens}: generate at least 1 token")
+
+
+def check_config(cfg: GenerateConfig) -> None:
+    check_settings(cfg)
+    if not cfg.interactive and not cfg.prompt.strip():
+        raise UsageError(
+            'the docstring is empty; say what the function should do, e.g. "Return the n-th Fibonacci '
+            'number." (or pass --interactive)'
+        )
+    if cfg.run and (cfg.weights or cfg.init == "random"):
+        raise UsageError("--run brings its own weights; drop --weights / --init random")
+    if cfg.weights and cfg.init == "random":
+        raise UsageError("--weights and --init random exclude each other; pass one")
+    if cfg.checkpoint and not cfg.run:
+        raise UsageError("--checkpoint needs --run: it names a checkpoint of that run (e.g. step-500)")
+    if cfg.run and not Path(cfg.run).is_dir():
+        raise UsageError(f"--run {cfg.run} does not exist; pass a run folder written by train.py")
+    if cfg.stream and cfg.json:
+        raise UsageError("--stream and --json exclude each other: JSON is printed once, complete")
+    if cfg.timeout <= 0:
+        raise UsageError(f"--timeout {cfg.timeout}: the sandbox needs a positive time limit")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {cfg.device} asked for CUDA, but no GPU is visible; pass --device cpu")
+
+
+def resolve_prompt_format(cfg: GenerateConfig) -> str:
+    """The run's prompt format (a model answers best in the format it was trained on), else the flag."""
+    trained = read_config(cfg.run).get("prompt_format") if cfg.run else None
+    if trained and cfg.prompt_format and cfg.prompt_format != trained:
+        raise UsageError(
+            f"{cfg.run} was trained with --prompt-format {trained}, not {cfg.prompt_format}; "
+            "drop --prompt-format to use the run's"
+        )
+    fmt = cfg.prompt_format or trained or DataConfig().prompt_format
+    if fmt != "docstring" and (cfg.signature or cfg.func_name):
+        raise UsageError(
+            f"--signature and --func-name shape the docstring prompt format; this model's format is {fmt}"
+        )
+    return fmt
+
+
+def load(cfg: GenerateConfig):
+    """(model, info) as runs.load_model_for_inference gives them, on the chosen device and dtype."""
+    device = (
+        torch.device("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    )
+    device = torch.device(device)
+    if cfg.dtype != "auto":
+        dtype = resolve_dtype(cfg.dtype)
+    elif device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    else:
+        dtype = torch.float32  # CPU inference: fp32 is exact and fast enough for GPT-2
+    checkpoint = cfg.checkpoint
+    if checkpoint and not Path(checkpoint).is_dir() and (Path(cfg.run) / "checkpoints" / checkpoint).is_dir():
+        checkpoint = str(Path(cfg.run) / "checkpoints" / checkpoint)  # --checkpoint step-500
+    model, info = load_model_for_inference(
+        run=cfg.run,
+        weights=cfg.weights,
+        adapter=cfg.adapter,
+        init=cfg.init,
+        model=cfg.model,
+        checkpoint=checkpoint,
+        device=str(device),
+        dtype=dtype,
+    )
+    info.update(device=str(device), dtype=str(dtype).removeprefix("torch."))
+    return model, info
+
+
+def code_head(model_prompt: str, fmt: str) -> str:
+    """What goes before the completion to make runnable code: the docstring format's prompt is the def line
+    and docstring, which the completion continues; the study format's completion is the whole function."""
+    return model_prompt if fmt == "docstring" else ""
+
+
+def run_tests(code: str, tests: str, sandbox) -> dict:
+    """Run the code, then the asserts, as one sandboxed script: its result plus verdict passed/failed."""
+    result = sandbox.run_script(code.rstrip("\n") + "\n\n\n" + tests + "\n")
+    return {**result, "verdict": "passed" if result["status"] == "passed" else "failed"}
+
+
+def describe(kind: str, result: dict) -> str:
+    """A sandbox result for people: verdict/status and duration, then why, and what the code printed."""
+    label = result["status"]
+    if result.get("verdict", label) != label:
+        label = f"{result['verdict']} ({label})"
+    lines = [f"# {kind}: {label} in {result['duration']:.2f} s"]
+    if result.get("detail"):
+        lines.append(f"#   {result['detail']}")
+    for stream in ("stdout", "stderr"):
+        if result.get(stream):
+            lines += [f"# {stream}:", *("#   " + line for line in result[stream].rstrip("\n").split("\n"))]
+    return "\n".join(lines)
+
+
+class Assistant:
+    """A loaded model and the current settings: answer() turns a docstring into printed code (and results)."""
+
+    def __init__(self, model, info: dict, cfg: GenerateConfig, out: TextIO, err: TextIO):
+        self.model, self.info, self.cfg, self.out, self.err = model, info, cfg, out, err
+        self._sandbox = None
+
+    def sandbox(self):
+        if self._sandbox is None:  # only when code is run: the sandbox probes the machine when made
+            from sandbox import Sandbox
+
+            self._sandbox = Sandbox(timeout=self.cfg.timeout, unsafe_no_sandbox=self.cfg.unsafe_no_sandbox)
+        return self._sandbox
+
+    def answer(self, docstring: str) -> dict:
+        s, out = self.cfg, self.out
+        model_prompt = format_prompt(docstring.strip(), s.func_name, s.prompt_format, s.signature)
+        head = code_head(model_prompt, s.prompt_format)
+        stream = s.n == 1 and not s.json and (s.stream if s.stream is not None else out.isatty())
+        if stream:
+            out.write(head)
+            out.flush()
+        try:
+            completions = complete(
+                self.model,
+                [model_prompt],
+                n=s.n,
+                temperature=s.temperature,
+                top_p=s.top_p,
+                top_k=s.top_k,
+                max_new_tokens=s.max_new_tokens,
+                stop=STOP_SEQUENCES,
+                seed=s.seed,
+                on_text=(lambda _row, piece: (out.write(piece), out.flush())) if stream else None,
+            )[0]
+        except ValueError as e:  # a prompt that fills the model's whole context
+            raise UsageError(str(e)) from None
+        samples = []
+        for i, completion in enumerate(completions):
+            sample = {"completion": completion, "code": head + completion}
+            if not s.json:
+                if s.n > 1:
+                    out.write(f"# --- sample {i + 1}/{s.n}\n")
+                out.write("" if stream else sample["code"])
+                out.write("" if sample["code"].endswith("\n") else "\n")
+            if s.run_code:
+                sample["run"] = self.sandbox().run_script(sample["code"])
+            if s.test:
+                sample["test"] = run_tests(sample["code"], s.test, self.sandbox())
+            if not s.json:
+                for kind in ("run", "test"):
+                    if kind in sample:
+                        out.write(describe(kind, sample[kind]) + "\n")
+            out.flush()
+            samples.append(sample)
+        record = {
+            "prompt": docstring,
+            "model_prompt": model_prompt,
+            "model": self.info,
+            "settings": {f: getattr(s, f) for f in SETTINGS} | {"stop": list(STOP_SEQUENCES)},
+            "completions": samples,
+        }
+        if s.json:
+            out.write(json.dumps(record) + "\n")
+            out.flush()
+        return record
+
+
+# ---------------------------------------------------------------- the REPL
+COMMANDS = {  # :command -> (GenerateConfig field, type)
+    ":temp": ("temperature", float),
+    ":n": ("n", int),
+    ":top-p": ("top_p", float),
+    ":top-k": ("top_k", int),
+    ":max": ("max_new_tokens", int),
+    ":seed": ("seed", int),
+}
+HELP = """\
+Type a docstring (one line) to get a function. Commands:
+  :temp X      sampling temperature (0 = greedy)       :n N       completions per docstring
+  :top-p X     nucleus sampling mass (1 = off)          :top-k N   sample among the k likeliest (0 = off)
+  :max N       new tokens at most                       :seed N    the sampler's seed
+  :run         run each completion in the sandbox (toggles)
+  :test CODE   asserts to run after each completion (":test" alone clears them)
+  :show        the current settings      :help   this text      :quit   leave (Ctrl-D too)"""
+
+
+def command(assistant: Assistant, line: str) -> bool:
+    """Apply one :command to the assistant's settings; False means quit."""
+    name, _, arg = line.strip().partition(" ")
+    arg, cfg, say = arg.strip(), assistant.cfg, lambda msg: print(msg, file=assistant.err)
+    if name in (":quit", ":q", ":exit"):
+        return False
+    if name == ":help":
+        say(HELP)
+    elif name == ":show":
+        say(", ".join(f"{f}={getattr(cfg, f)}" for f in (*SETTINGS, "run_code", "test")))
+    elif name == ":run":
+        cfg.run_code = not cfg.run_code
+        say(f"run_code={cfg.run_code}")
+    elif name == ":test":
+        cfg.test = arg or None
+        say(f"test={cfg.test}")
+    elif name in COMMANDS:
+        key, typ = COMMANDS[name]
+        try:
+            new = dataclasses.replace(cfg, **{key: typ(arg)})
+            check_settings(new)
+        except ValueError:
+            say(f"error: {name} needs a number ({typ.__name__}), e.g. {name} {typ(1)}")
+        except UsageError as e:
+            say(f"error: {e}")
+        else:
+            setattr(cfg, key, getattr(new, key))
+            say(f"{key}={getattr(cfg, key)}")
+    else:
+        say(f"error: unknown command {name}; :help lists them")
+    return True
+
+
+def repl(assistant: Assistant, lines: TextIO) -> None:
+    """One docstring per line until :quit or end of input; a bad line prints an error and the loop goes on."""
+    tty = lines.isatty()
+    if tty:
+        import readline  # noqa: F401  (importing it gives input() line editing and history)
+
+        print(HELP, file=assistant.err)
+    while True:
+        try:
+            line = input("docstring> ") if tty else lines.readline()
+        except EOFError:
+            line = ""
+        if not line:  # end of input
+            if tty:
+                print(file=assistant.err)
+            return
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith(":"):
+            if not command(assistant, line):
+                return
+            continue
+        try:
+            assistant.answer(line)
+        except UsageError as e:
+            print(f"error: {e}", file=assistant.err)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    check_config(cfg)
+    cfg.prompt_format = resolve_prompt_format(cfg)
+    model, info = load(cfg)
+    info["prompt_format"] = cfg.prompt_format
+    print(
+        f"model: {info['source']} | prompt format {cfg.prompt_format} | {info['device']} {info['dtype']}",
+        file=sys.stderr,
+    )
+    if info["random_init"]:
+        print(
+            f"!!! NOTE: {info['source']} has RANDOM weights: what it writes is noise, not code. "
+            "Pass --run or real GPT-2 weights for the real assistant. !!!",
+            file=sys.stderr,
+        )
+    assistant = Assistant(model, info, cfg, sys.stdout, sys.stderr)
+    if cfg.prompt.strip():
+        assistant.answer(cfg.prompt)
+    if cfg.interactive:
+        repl(assistant, sys.stdin)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
