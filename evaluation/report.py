@@ -94,6 +94,11 @@ def write_report(out: Path, rows: list[dict], info: dict, settings: dict) -> dic
             + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
         )
         lines.append(f"{kind} sandbox statuses: {m['statuses']}")
+        ok = "exec_clean" if kind == "split" else "passed"
+        rho = m[f"spearman_bleu_{ok}"]
+        lines.append(
+            f"{kind}: do BLEU and execution agree? Spearman rho(BLEU, {ok}) = {rho:.3f} over {m['samples']}"
+        )
     if timing.get("samples"):
         lines.append(
             f"this invocation: {timing['samples']} samples, generate {timing['generate_s']:.1f} s "
