@@ -73,7 +73,7 @@ class Batches:
         batches = [units[s : s + B] for s in range(0, len(units), B)]
         if self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
-        if self.drop_last and batches and len(batches[-1]) < B:
+        if self.drop_last:  # the one short batch (wherever shuffling put it)
             batches = [b for b in batches if len(b) == B]
         W = self.world_size
         per_rank = len(batches) // W if self.drop_last else -(-len(batches) // W)
