@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -155,17 +156,17 @@ def read_checkpoint(source: str | Path) -> Checkpoint:
     check_state_dict(sd, config, name)
     for k, v in sd.items():  # a flipped byte in the data section often shows up here (no checksum exists)
         if v.is_floating_point() and not torch.isfinite(v).all():
-            raise CheckpointError(f"{name} has non-finite values in {_hf_key(k)}; it is corrupt: get it anew")
-    stored: dict[str, int] = {}
-    for v in raw.values():
-        stored[str(v.dtype).removeprefix("torch.")] = stored.get(str(v.dtype).removeprefix("torch."), 0) + 1
+            raise CheckpointError(
+                f"{name} has non-finite values in {_hf_key(k)}; it is corrupt: get it again"
+            )
+    stored = Counter(str(v.dtype).removeprefix("torch.") for v in raw.values())
     return Checkpoint(
         files=files,
         state_dict=sd,
         config=config,
         config_from="config.json" if hf_config is not None else "tensor shapes",
         layout=layout,
-        stored_dtypes=stored,
+        stored_dtypes=dict(stored),
         nbytes=sum(f.stat().st_size for f in files),
     )
 
@@ -271,10 +272,10 @@ def check_state_dict(sd: dict[str, torch.Tensor], cfg: GPTConfig, name: str = "c
     missing = [_hf_key(k) for k in expected if k not in sd]
     unexpected = [_hf_key(k) for k in sd if k not in expected]
     if missing or unexpected:
-        parts = [f"{len(missing)} missing ({', '.join(missing[:3])})"] if missing else []
+        parts = [f"{len(missing)} tensors missing ({', '.join(missing[:3])})"] if missing else []
         parts += [f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])})"] if unexpected else []
         raise CheckpointError(
-            f"{name} does not match a {cfg.n_layer}-layer GPT-2: tensors {' and '.join(parts)}; "
+            f"{name} does not match a {cfg.n_layer}-layer GPT-2: {' and '.join(parts)}; "
             "pass a complete GPT-2 checkpoint"
         )
     for k, shape in expected.items():
