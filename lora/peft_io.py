@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -45,7 +46,7 @@ class AdapterError(UsageError):
 
 
 def peft_name(module: str) -> str:
-    """ "transformer.h.0.attn.c_attn" -> "c_attn", "...mlp.c_proj" -> "mlp.c_proj" (c_proj is in both)."""
+    """PEFT's target name: "transformer.h.0.attn.c_attn" -> "c_attn", "...mlp.c_proj" -> "mlp.c_proj"."""
     parts = module.split(".")
     return parts[-1] if parts[-1] == "c_attn" else ".".join(parts[-2:])
 
@@ -89,8 +90,11 @@ def save_adapter(model: torch.nn.Module, folder: str | Path, base_model_name_or_
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     metadata = {"format": "pt"} | ({"lora_slices": json.dumps(slices)} if slices else {})
-    save_file(tensors, folder / WEIGHTS, metadata=metadata)
-    (folder / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    tmp = folder / f".{WEIGHTS}.tmp"  # temp name + rename: a crash never leaves half an adapter
+    save_file(tensors, tmp, metadata=metadata)
+    os.replace(tmp, folder / WEIGHTS)
+    (folder / f".{CONFIG}.tmp").write_text(json.dumps(config, indent=2) + "\n")
+    os.replace(folder / f".{CONFIG}.tmp", folder / CONFIG)
 
 
 def _patterns(values: dict[str, float], default: float) -> dict[str, float]:
@@ -120,12 +124,15 @@ def read_adapter(folder: str | Path) -> tuple[dict, list[dict]]:
     try:
         cfg = json.loads((folder / CONFIG).read_text())
     except ValueError as e:
-        raise AdapterError(f"{folder / CONFIG} is not valid JSON ({e}); restore it or save the adapter again")
-    tensors, metadata = _read_weights(folder, hint)
-    if not isinstance(cfg, dict) or "r" not in cfg or "lora_alpha" not in cfg:
+        raise AdapterError(
+            f"{folder / CONFIG} is not valid JSON ({e}); restore it or save the adapter again"
+        ) from None
+    if not isinstance(cfg, dict) or cfg.get("peft_type") != "LORA":
+        kind = cfg.get("peft_type") if isinstance(cfg, dict) else None
+        raise AdapterError(f"{folder} holds a {kind!r} adapter; only PEFT LORA adapters load")
+    if "r" not in cfg or "lora_alpha" not in cfg:
         raise AdapterError(f"{folder / CONFIG} has no r and lora_alpha; restore it or save the adapter again")
-    if cfg.get("peft_type") != "LORA":
-        raise AdapterError(f"{folder} holds a {cfg.get('peft_type')!r} adapter; only PEFT LORA adapters load")
+    tensors, metadata = _read_weights(folder, hint)
     if cfg.get("use_dora") or cfg.get("bias", "none") != "none" or cfg.get("modules_to_save"):
         raise AdapterError(
             f"{folder} uses DoRA, trained biases or modules_to_save, which this toolkit does not implement; "
