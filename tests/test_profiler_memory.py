@@ -1,0 +1,193 @@
+"""profiler/memory.py: the predicted bytes per component equal what a real step holds (tiny model, CPU)."""
+
+import json
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+import train
+from cli import UsageError
+from profiler.memory import (
+    COMPONENTS,
+    SavedTensorLedger,
+    estimate,
+    format_estimate,
+    main,
+    measure,
+    profile_training_memory,
+    synthetic_batch,
+)
+
+TINY = train.TrainConfig(model="tiny", init="random", lora_rank=0, batch_size=2, max_len=64, dtype="fp32",
+                         device="cpu", lr=1e-3)  # fmt: skip
+GPT2_124M = 124_439_808
+
+
+def measured_and_predicted(cfg):
+    m = measure(cfg)
+    b = m["batch"]
+    return m, estimate(cfg, B=b["B"], T=b["T"], n_targets=b["n_targets"])
+
+
+def test_full_finetune_124m_fp32_static_bytes_are_the_exact_sums():
+    est = estimate(replace(TINY, model="gpt2", max_len=512))  # on the meta device: no weights
+    c = est["components"]
+    assert est["counts"]["params_trainable"] == GPT2_124M
+    assert c["params_frozen"] == 0
+    assert c["params_trainable"] == GPT2_124M * 4
+    assert c["grads"] == GPT2_124M * 4
+    # AdamW: exp_avg + exp_avg_sq in fp32, plus one fp32 step counter per parameter tensor (148 of them)
+    assert c["optimizer"] == GPT2_124M * 8 + 148 * 4
+
+
+def test_lora_124m_trains_only_the_adapters():
+    est = estimate(replace(TINY, model="gpt2", lora_rank=8, lora_targets="q,v", dtype="bf16", max_len=512))
+    per_block = 2 * 8 * 768 + 2 * 768 * 8  # A (2r, C): A_q over A_v; B (2C, r): B_q over B_v
+    assert est["counts"]["params_trainable"] == 12 * per_block
+    assert est["components"]["grads"] == 12 * per_block * 4
+    assert est["counts"]["params_frozen"] == GPT2_124M
+
+
+@pytest.mark.parametrize("batch_size", [2, 6])
+@pytest.mark.parametrize(
+    "mode",
+    [
+        dict(lora_rank=0, dtype="fp32"),
+        dict(lora_rank=0, dtype="bf16"),
+        dict(lora_rank=4, dtype="fp32"),
+        dict(lora_rank=4, dtype="bf16"),
+        dict(lora_rank=4, dtype="bf16", lora_targets="all", pack=True),
+    ],
+    ids=["full-fp32", "full-bf16", "lora-fp32", "lora-bf16", "lora-all-bf16-packed"],
+)
+def test_each_predicted_component_is_within_10_percent_of_a_measured_step(mode, batch_size):
+    m, p = measured_and_predicted(replace(TINY, batch_size=batch_size, **mode))
+    for k in ("params_frozen", "params_trainable", "grads", "optimizer"):
+        assert m["components"][k] == p["components"][k], k  # exact sums, both sides
+    for k in ("activations", "logits"):
+        assert m["components"][k] > 0
+        assert p["components"][k] == pytest.approx(m["components"][k], rel=0.10), k
+    for scope, got in m["activations_by_component"].items():  # block by block, not only in total
+        assert p["activations_by_component"][scope] == pytest.approx(got, rel=0.10), scope
+
+
+@pytest.mark.parametrize("lora_rank", [0, 4])
+def test_grad_checkpoint_lowers_measured_activations_by_the_predicted_amount(lora_rank):
+    base = replace(TINY, lora_rank=lora_rank, batch_size=4, dtype="bf16")
+    m0, p0 = measured_and_predicted(base)
+    m1, p1 = measured_and_predicted(replace(base, grad_checkpoint=True))
+    saved = m0["components"]["activations"] - m1["components"]["activations"]
+    predicted = p0["components"]["activations"] - p1["components"]["activations"]
+    assert saved > 0  # it does lower them ...
+    assert predicted == pytest.approx(saved, rel=0.15)  # ... by the predicted amount
+
+
+def test_cpu_measurement_has_no_zero_by_accident_numbers():
+    m = measure(replace(TINY, lora_rank=4, dtype="bf16"))
+    assert all(m["components"][k] > 0 for k in COMPONENTS)
+    assert len(m["activations_by_component"]) == 2 + 2  # ln_f and head, two blocks (embeddings frozen)
+    assert all(v > 0 for v in m["activations_by_component"].values())
+    assert set(m["phases"]) == {"forward", "backward", "optimizer"}
+    for row in m["phases"].values():
+        assert (
+            row["heap_at_end"] > 0 and row["rss_at_end"] > 0 and row["peak_rss_so_far"] >= row["rss_at_end"]
+        )
+        assert row["how"]
+    assert set(m["how"]) == set(COMPONENTS)
+
+
+def test_ledger_counts_a_storage_once_and_never_a_parameter():
+    model = train.build_model(TINY, torch.device("cpu"), torch.float32, log=lambda *a: None)
+    ledger = SavedTensorLedger(model)
+    w = next(model.parameters())
+    x = torch.randn(1000, requires_grad=True)
+    with ledger.hooks():
+        ledger.on = True
+        y = x * x  # saves x twice (self and other): one storage
+        (y.view(10, 100) @ torch.randn(100, 3, requires_grad=True)).sum()  # a view of y, and the matrix
+        (w * 2.0).sum()  # saves nothing new: w is a parameter (and a scalar multiply saves no tensor)
+        (w.sum() * x).sum()
+    ledger.close()
+    assert ledger.bytes["embeddings"] == 2 * 1000 * 4 + 3 * 100 * 4 + 4  # x, y, the (100, 3) matrix, w.sum()
+
+
+def test_synthetic_batch_masks_the_prompt_and_packs_two_examples_per_row():
+    b = synthetic_batch(3, 20, 50257, target_fraction=0.5, pack=True)
+    assert b["mask"].shape == (3, 1, 20, 20) and not b["mask"][0, 0, 15, 5]  # no attention across examples
+    assert b["pos"][0, 10] == 0 and b["n_targets"] == 3 * 10
+    assert (b["targets"][:, :5] == -100).all() and (b["targets"][:, 10:15] == -100).all()
+
+
+def test_cli_json_prints_components_in_bytes_for_a_model_this_machine_need_not_run(capsys):
+    argv = [
+        "--model",
+        "gpt2-xl",
+        "--lora-rank",
+        "8",
+        "--batch-size",
+        "4",
+        "--max-len",
+        "512",
+        "--dtype",
+        "bf16",
+    ]
+    assert main([*argv, "--json"]) == 0
+    est = json.loads(capsys.readouterr().out)
+    assert set(est["components"]) == set(COMPONENTS)
+    assert est["total"] == sum(est["components"].values())
+    assert est["config"]["n_targets"] == round(0.6 * 4 * 512)  # prompt masked: 60% of positions by default
+    assert est["components"]["logits"] == 4 * est["config"]["n_targets"] * 50257 + 8 * 1229 + 4
+    main(argv)
+    text = capsys.readouterr().out
+    assert all(k in text for k in COMPONENTS) and "GiB" in text
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["--model", "gpt5"], "--model gpt5 is not a preset"),
+        (["--target-fraction", "1.5"], "--target-fraction 1.5 must be in (0, 1]"),
+        (["--model", "tiny", "--max-len", "4096"], "--max-len 4096 exceeds"),
+        (["--dtype", "fp16", "--device", "cpu"], "fp16 needs a GPU"),
+    ],
+)
+def test_bad_settings_stop_with_one_sentence(argv, says):
+    with pytest.raises(UsageError, match=says.replace("(", r"\(").replace(")", r"\)").replace("+", r"\+")):
+        main(argv)
+
+
+def test_profile_training_memory_writes_memory_json_and_a_measured_beside_predicted_plot(tmp_path):
+    cfg = replace(TINY, lora_rank=4, dtype="bf16", profile_memory=True)
+    device = torch.device("cpu")
+    model = train.build_model(cfg, device, torch.bfloat16, log=lambda *a: None)
+    opt = train.make_optimizer(model, cfg, device)
+    micro = [synthetic_batch(2, 64, model.config.vocab_size)]
+    amp = torch.autocast("cpu", dtype=torch.bfloat16)
+    quiet = dict(out=tmp_path, log=lambda *a: None)
+    loss, norm, report = profile_training_memory(model, model, micro, opt, None, amp, cfg, device, **quiet)
+    assert math.isfinite(loss) and norm > 0
+    saved = json.loads((tmp_path / "memory.json").read_text())
+    assert saved["measured"]["components"] == report["measured"]["components"]
+    assert all(abs(saved["error"][k]) < 0.10 for k in ("activations", "logits", "total"))
+    assert (tmp_path / "plots" / "memory.png").stat().st_size > 10_000
+
+
+def test_dry_run_text_names_every_component():
+    text = format_estimate(estimate(replace(TINY, lora_rank=8, dtype="bf16", grad_checkpoint=True)))
+    assert all(k in text for k in COMPONENTS)
+    assert "LoRA r=8 (q,v)" in text and "grad checkpoint" in text and "1 block recompute" in text
+
+
+@pytest.mark.slow
+def test_compare_writes_a_markdown_table_and_a_chart(tmp_path):
+    argv = ["--model", "tiny", "--compare", "--ranks", "2", "--batch-size", "2", "--max-len", "32",
+            "--dtype", "fp32", "--device", "cpu", "--out-dir", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    table = (tmp_path / "memory_compare.md").read_text()
+    assert "| full |" in table and "| LoRA r=2 |" in table and "peak RSS" in table
+    assert (tmp_path / "memory_compare.png").stat().st_size > 10_000
+    runs = json.loads((tmp_path / "memory_compare.json").read_text())
+    full, lora = runs["full"]["measured"]["components"], runs["lora2"]["measured"]["components"]
+    assert lora["optimizer"] < full["optimizer"] / 100 and lora["params_frozen"] == full["params_trainable"]
