@@ -365,6 +365,23 @@ def default_root(cfg: EvalConfig) -> Path:
     return Path("runs") / (name + (f"+{Path(cfg.adapter).name}" if cfg.adapter else ""))
 
 
+def checkpoint_targets(run: Path, ckpts: list[Path]) -> list[tuple[str, str | None, int, float | None]]:
+    """(name, folder, step, epoch) of each checkpoint, then final/ (None = the run's final weights). The
+    checkpoint saved at the last step holds the same weights as final/, so it is not scored twice."""
+    path = run / "metrics.jsonl"
+    logs = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+    logs = [r for r in logs if "step" in r and "epoch" in r]
+    last = max((r["step"] for r in logs), default=0)
+
+    def epoch(step: int) -> float | None:
+        return next((r["epoch"] for r in reversed(logs) if r["step"] <= step), None)
+
+    steps = [(p, int(p.name.split("-")[1])) for p in ckpts]
+    return [(p.name, str(p), s, epoch(s)) for p, s in steps if s != last] + [
+        ("final", None, last, epoch(last))
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     from runs import checkpoints, load_model_for_inference, read_config
 
@@ -379,11 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = cfg.checkpoint
     if ckpt and not Path(ckpt).is_dir():
         ckpt = str(Path(cfg.run) / "checkpoints" / ckpt)  # --checkpoint step-N
-    targets = (
-        [(p.name, str(p)) for p in checkpoints(cfg.run)] + [("final", None)]
-        if cfg.all_checkpoints
-        else [("", ckpt)]
-    )
+    targets = [("", ckpt, None, None)]
+    if cfg.all_checkpoints:
+        targets = checkpoint_targets(Path(cfg.run), checkpoints(cfg.run))
     tasks = (split_tasks(cfg, run_cfg) if cfg.limit >= 0 else []) + (
         humaneval_tasks(cfg.humaneval_limit) if cfg.humaneval else []
     )
@@ -391,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     sandbox = make_sandbox(cfg)
     print(f"evaluating {len(tasks)} prompts -> {root}; sandbox layers: {getattr(sandbox, 'layers', '?')}")
     points = []
-    for name, path in targets:
+    for name, path, step, epoch in targets:
         net, info = load_model_for_inference(
             run=cfg.run, weights=cfg.weights, adapter=cfg.adapter, init=cfg.init, model=cfg.model,
             checkpoint=path, device=cfg.device, dtype=resolve_dtype(cfg.dtype, cfg.device),
@@ -400,24 +415,9 @@ def main(argv: list[str] | None = None) -> int:
         out = root / name
         rows = evaluate_model(net, tasks, dataclasses.replace(cfg, checkpoint=path), out, sandbox)
         report = write_report(out, rows, info, dataclasses.asdict(cfg))
-        points.append(
-            {
-                "checkpoint": name,
-                **{k: v for k, v in flatten(report["metrics"]).items() if ".statuses." not in k},
-            }
-        )
+        flat = {k: v for k, v in flatten(report["metrics"]).items() if ".statuses." not in k}
+        points.append({"checkpoint": name or "final", "step": step, "epoch": epoch, **flat})
     if cfg.all_checkpoints:
-        logs = [
-            json.loads(x) for x in (Path(cfg.run) / "metrics.jsonl").read_text().splitlines() if x.strip()
-        ]
-        logs = [r for r in logs if "step" in r and "epoch" in r]
-        for p in points:
-            p["step"] = (
-                int(p["checkpoint"][5:])
-                if p["checkpoint"].startswith("step-")
-                else max((r["step"] for r in logs), default=0)
-            )
-            p["epoch"] = next((r.get("epoch") for r in reversed(logs) if r["step"] <= p["step"]), None)
         write_csv(root / "metrics.csv", points)
         (root / "metrics.json").write_text(json.dumps(points, indent=2))
         plot_curves(root, points)

