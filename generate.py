@@ -16,6 +16,7 @@ import codecs
 import dataclasses
 import json
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -340,27 +341,41 @@ class Assistant:
             self._sandbox = Sandbox(timeout=self.cfg.timeout, unsafe_no_sandbox=self.cfg.unsafe_no_sandbox)
         return self._sandbox
 
+    def notes(self, model_prompt: str) -> None:
+        """Say when the settings cannot do what they ask (said here, instead of silently changed)."""
+        s, room = self.cfg, self.model.config.block_size - len(get_tokenizer().encode(model_prompt))
+        if 0 < room < s.max_new_tokens:  # generate_stream stops at the context limit
+            print(
+                f"note: the model's context leaves room for {room} new tokens, not {s.max_new_tokens}",
+                file=self.err,
+            )
+        if s.n > 1 and s.temperature == 0:
+            print(f"note: temperature 0 is greedy: the {s.n} samples will be identical", file=self.err)
+
     def answer(self, docstring: str) -> dict:
         s, out = self.cfg, self.out
         model_prompt = format_prompt(docstring.strip(), s.func_name, s.prompt_format, s.signature)
         head = code_head(model_prompt, s.prompt_format)
+        self.notes(model_prompt)
         stream = s.n == 1 and not s.json and (s.stream if s.stream is not None else out.isatty())
         if stream:
             out.write(head)
             out.flush()
         try:
-            completions = complete(
-                self.model,
-                [model_prompt],
-                n=s.n,
-                temperature=s.temperature,
-                top_p=s.top_p,
-                top_k=s.top_k,
-                max_new_tokens=s.max_new_tokens,
-                stop=STOP_SEQUENCES,
-                seed=s.seed,
-                on_text=(lambda _row, piece: (out.write(piece), out.flush())) if stream else None,
-            )[0]
+            with warnings.catch_warnings():  # the context-limit warning: notes() said it in one line
+                warnings.filterwarnings("ignore", message="generation stops at the context limit")
+                completions = complete(
+                    self.model,
+                    [model_prompt],
+                    n=s.n,
+                    temperature=s.temperature,
+                    top_p=s.top_p,
+                    top_k=s.top_k,
+                    max_new_tokens=s.max_new_tokens,
+                    stop=STOP_SEQUENCES,
+                    seed=s.seed,
+                    on_text=(lambda _row, piece: (out.write(piece), out.flush())) if stream else None,
+                )[0]
         except ValueError as e:  # a prompt that fills the model's whole context
             raise UsageError(str(e)) from None
         samples = []
@@ -487,8 +502,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if info["random_init"]:
         print(
-            f"!!! NOTE: {info['source']} has RANDOM weights: what it writes is noise, not code. "
-            "Pass --run or real GPT-2 weights for the real assistant. !!!",
+            f"!!! NOTE: the model is RANDOM ({info['source']}"
+            + (", a run trained from --init random" if cfg.run else "")
+            + "): what it writes is noise, not code; a run fine-tuned from GPT-2 is the real assistant. !!!",
             file=sys.stderr,
         )
     assistant = Assistant(model, info, cfg, sys.stdout, sys.stderr)

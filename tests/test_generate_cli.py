@@ -53,7 +53,7 @@ def test_streamed_output_equals_the_non_streamed_output_and_the_json_code(capsys
     assert printed.rstrip("\n") == sample["code"].rstrip("\n") and printed.endswith("\n")
     assert record["model_prompt"] == format_prompt(DOC, None, fmt)
     assert sample["code"] == generate.code_head(record["model_prompt"], fmt) + sample["completion"]
-    assert "RANDOM weights" in err  # the loud note: a random model's output is noise
+    assert "!!! NOTE: the model is RANDOM" in err  # the loud note: a random model's output is noise
 
 
 def test_streaming_writes_the_completion_piece_by_piece(capsys):
@@ -61,16 +61,15 @@ def test_streaming_writes_the_completion_piece_by_piece(capsys):
     cfg.prompt_format = generate.resolve_prompt_format(cfg)
     model, info = generate.load(cfg)
 
-    class Recorder(io.StringIO):
-        writes: list[str] = []
+    writes: list[str] = []
 
+    class Recorder(io.StringIO):
         def write(self, s):
-            self.writes.append(s)
+            writes.append(s)
             return super().write(s)
 
-    out = Recorder()
-    record = generate.Assistant(model, info, cfg, out, io.StringIO()).answer(DOC)
-    pieces = [w for w in out.writes if w]
+    record = generate.Assistant(model, info, cfg, Recorder(), io.StringIO()).answer(DOC)
+    pieces = [w for w in writes if w]
     assert len(pieces) > 3 and "".join(pieces).rstrip("\n") == record["completions"][0]["code"].rstrip("\n")
 
 
@@ -84,6 +83,14 @@ def test_n_samples_are_listed_one_after_another(capsys):
         "# --- sample 2/3",
         "# --- sample 3/3",
     ]
+
+
+def test_settings_the_model_cannot_honour_get_a_one_line_note(capsys):
+    long_doc = "Return the sum of the numbers. " * 15  # 112 of the tiny model's 128 positions
+    out, err = run_cli(capsys, *TINY, "--max-new-tokens", "200", "--n", "2", long_doc)
+    assert "note: the model's context leaves room for" in err and "new tokens, not 200" in err
+    assert "note: temperature 0 is greedy: the 2 samples will be identical" in err
+    assert "Warning" not in err
 
 
 def test_run_code_reports_the_status_the_sandbox_gives_that_code(capsys, sandbox):
@@ -187,6 +194,8 @@ def test_a_run_folder_is_loaded_with_the_prompt_format_it_was_trained_with(capsy
         ([*TINY, "--stream", "--json", DOC], "--stream and --json exclude each other"),
         ([*TINY, "--checkpoint", "step-1", DOC], "--checkpoint needs --run"),
         ([*TINY, "--prompt", DOC, DOC], "pass the docstring once"),
+        ([*TINY, "word " * 200], "fills the context of 128 tokens"),
+        ([*TINY, "--signature", "def f(x):", DOC], "--signature and --func-name shape the docstring"),
     ],
 )
 def test_bad_input_is_one_clear_sentence(args, message):
