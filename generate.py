@@ -274,10 +274,8 @@ def resolve_prompt_format(cfg: GenerateConfig) -> str:
 
 def load(cfg: GenerateConfig):
     """(model, info) as runs.load_model_for_inference gives them, on the chosen device and dtype."""
-    device = (
-        torch.device("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-    )
-    device = torch.device(device)
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if cfg.device == "auto" else cfg.device)
     if cfg.dtype != "auto":
         dtype = resolve_dtype(cfg.dtype)
     elif device.type == "cuda":
@@ -473,6 +471,9 @@ def repl(assistant: Assistant, lines: TextIO) -> None:
             line = input("docstring> ") if tty else lines.readline()
         except EOFError:
             line = ""
+        except KeyboardInterrupt:  # Ctrl-C at the prompt: a fresh prompt, as in Python's REPL
+            print(file=assistant.err)
+            continue
         if not line:  # end of input
             if tty:
                 print(file=assistant.err)
@@ -488,6 +489,8 @@ def repl(assistant: Assistant, lines: TextIO) -> None:
             assistant.answer(line)
         except UsageError as e:
             print(f"error: {e}", file=assistant.err)
+        except KeyboardInterrupt:  # Ctrl-C stops this answer, not the session
+            print("\n(interrupted)", file=assistant.err)
 
 
 def main(argv: list[str] | None = None) -> int:
