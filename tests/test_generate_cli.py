@@ -74,10 +74,11 @@ def test_streaming_writes_the_completion_piece_by_piece(capsys):
 
 
 def test_n_samples_are_listed_one_after_another(capsys):
-    record = run_json(capsys, *TINY, "--n", "3", "--temperature", "1.0", DOC)
+    few = [*TINY, "--max-new-tokens", "6"]  # the last --max-new-tokens wins
+    record = run_json(capsys, *few, "--n", "3", "--temperature", "1.0", DOC)
     assert len(record["completions"]) == 3
     assert record["settings"]["n"] == 3 and record["settings"]["temperature"] == 1.0
-    out, _ = run_cli(capsys, *TINY, "--n", "3", "--temperature", "1.0", DOC)
+    out, _ = run_cli(capsys, *few, "--n", "3", "--temperature", "1.0", DOC)
     assert [line for line in out.splitlines() if line.startswith("# --- sample")] == [
         "# --- sample 1/3",
         "# --- sample 2/3",
