@@ -12,6 +12,7 @@ it is generated.
 
 from __future__ import annotations
 
+import argparse
 import codecs
 import dataclasses
 import json
@@ -211,9 +212,9 @@ class GenerateConfig:
 def parse_args(argv: list[str] | None = None) -> GenerateConfig:
     """Flags from GenerateConfig (cli.build_parser), plus the docstring as the trailing words."""
     parser = build_parser(GenerateConfig, description=__doc__.split("\n\n")[0], prog="generate.py")
-    parser.add_argument("words", nargs="*", help="the docstring (the same as --prompt)")
+    parser.add_argument("words", nargs="*", default=argparse.SUPPRESS, help="the docstring (as --prompt)")
     values = vars(parser.parse_args(argv))
-    words = " ".join(values.pop("words"))
+    words = " ".join(values.pop("words", []))
     if words and values["prompt"]:
         raise UsageError("pass the docstring once: either as --prompt or as the last argument")
     return GenerateConfig(**{**values, "prompt": values["prompt"] or words})
