@@ -42,7 +42,7 @@ def build_parser(cls, description: str = "", prog: str | None = None) -> argpars
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         tp = _field_type(hints[f.name])
-        kw = dict(help=f.metadata.get("help", " "), dest=f.name)
+        kw = dict(help=f.metadata.get("help", " ").replace("%", "%%"), dest=f.name)  # argparse formats %
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if tp is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, **kw)

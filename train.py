@@ -214,7 +214,8 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def measure_cpu_peak_tflops(dtype: torch.dtype, n: int = 1024, reps: int = 5) -> float:
     """Best-of-`reps` dense matmul throughput on this CPU: the denominator of MFU on CPU."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    g = torch.Generator().manual_seed(0)  # leaves the global RNG (dropout, data) untouched
+    a, b = (torch.randn(n, n, generator=g).to(dtype) for _ in range(2))
     a @ b  # warm-up
     best = float("inf")
     for _ in range(reps):
@@ -356,7 +357,7 @@ def build_model(
     cfg: TrainConfig, device: torch.device, dtype: torch.dtype, log, save_base_to: Path | None = None
 ):
     """The GPT to train: pretrained or random, LoRA injected (frozen Linear weights in bf16 under bf16)."""
-    from lora.lora import inject_lora, parse_targets
+    from lora.lora import LoRALinear, inject_lora, parse_targets
     from model.gpt2 import GPT, config_for
     from model.hf import load_pretrained, save_pretrained
 
@@ -402,7 +403,7 @@ def build_model(
         # Frozen Linear weights live in bf16: half the memory, and autocast stops re-casting them every
         # step. Embeddings, LayerNorms and everything trainable stay fp32.
         for mod in model.modules():
-            if isinstance(mod, torch.nn.Linear) and mod is not model.lm_head:
+            if isinstance(mod, (torch.nn.Linear, LoRALinear)) and mod is not model.lm_head:
                 for p in mod.parameters(recurse=False):
                     if not p.requires_grad:
                         p.data = p.data.to(torch.bfloat16)
@@ -569,8 +570,11 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int, ddp: bo
             log("(memory estimate: profiler/memory.py is not available)")
         return 0
 
+    peak = cfg.peak_tflops or peak_tflops(device, dtype)
+    log(f"MFU peak: {peak:.2f} TFLOP/s ({'given' if cfg.peak_tflops else 'table/measured'})")
+    fpt = flops_per_token(model, cfg.max_len)
     step = 0
-    if ckpt is not None:
+    if ckpt is not None:  # after everything that draws random numbers, so the RNG state is the saved one
         step = load_checkpoint(ckpt, model, opt, scaler, batches, cfg, device)
         log(f"resumed from {ckpt} at step {step}")
     if master:
@@ -583,9 +587,6 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int, ddp: bo
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    peak = cfg.peak_tflops or peak_tflops(device, dtype)
-    log(f"MFU peak: {peak:.2f} TFLOP/s ({'given' if cfg.peak_tflops else 'table/measured'})")
-    fpt = flops_per_token(raw_model, cfg.max_len)
 
     val_prompt = (
         format_prompt(val_set.records(0)["docstring"], val_set.records(0).get("func_name"), cfg.prompt_format)
