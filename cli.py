@@ -21,6 +21,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def opt(default, help: str, **kw):
+    """A config field: its default and the help line --help prints (choices=, nargs=, const= as argparse)."""
+    return dataclasses.field(default=default, metadata={"help": help, **kw})
+
+
 class UsageError(Exception):
     """Bad input from the user: printed as `error: <message>` and exit code 2, never a traceback."""
 

@@ -19,13 +19,13 @@ import json
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 import torch
 
-from cli import UsageError, build_parser, run_main
+from cli import UsageError, build_parser, opt, run_main
 from data.prepare import DataConfig, format_prompt
 from data.tokenizer import get_tokenizer
 from model.hf import resolve_dtype
@@ -166,10 +166,6 @@ SETTINGS = (
     "max_new_tokens",
     "seed",
 )
-
-
-def opt(default, help: str, **kw):
-    return field(default=default, metadata={"help": help, **kw})
 
 
 @dataclass

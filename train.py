@@ -22,7 +22,7 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,13 +30,7 @@ import torch
 import torch.distributed as dist
 
 import runs
-from cli import UsageError, parse_config, run_main
-
-F = field  # keeps each config line short: F(default=..., metadata=dict(help=...))
-
-
-def opt(default, help: str, **kw):
-    return F(default=default, metadata=dict(help=help, **kw))
+from cli import UsageError, opt, parse_config, run_main
 
 
 @dataclass
