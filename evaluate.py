@@ -18,19 +18,14 @@ import dataclasses
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from cli import UsageError, parse_config, run_main
+from cli import UsageError, opt, parse_config, run_main
 from evaluation.metrics import corpus_bleu, pass_at_k, rouge_l, sentence_bleu, summarize, syntax_ok
 from evaluation.report import compare, flatten, header, plot_curves, write_csv, write_report
-
-
-def opt(default, help: str, **kw):
-    """A config field: its default and the help line --help prints (choices=, nargs= as argparse)."""
-    return field(default=default, metadata={"help": help, **kw})
 
 
 # ------------------------------------------------------------------------------------------------ config
