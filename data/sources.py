@@ -96,7 +96,7 @@ def split_function(code: str) -> tuple[str, str] | None:
     sig_lines[-1] = sig_lines[-1][: sig_end[1]]
     body = "\n".join(_dedent(line, shift) for line in lines[body_row - 1 :]).rstrip()
     signature = "\n".join(_dedent(line, shift) for line in sig_lines).rstrip()
-    return signature, body
+    return (signature, body) if body.strip() else None  # a docstring and nothing else: no body to learn
 
 
 def _dedent(line: str, n: int) -> str:
@@ -149,11 +149,9 @@ def make_record(
 def hub_unreachable_reason(timeout: float = 3.0) -> str | None:
     """Why the Hugging Face hub cannot be used right now, or None if it answers. Quick on purpose:
     `datasets` itself retries for ~25 s before giving up."""
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "") or os.environ.get(
-        "HF_DATASETS_OFFLINE", "0"
-    ) not in (
-        "0",
-        "",
+    if any(
+        os.environ.get(v, "0").lower() not in ("0", "", "false")
+        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
     ):
         return "offline mode is set (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)"
     endpoint = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))

@@ -116,6 +116,7 @@ def test_unreadable_or_corrupt_data_file_is_one_clear_error(tmp_path):
         ("def f():\n    x = 'not a docstring'.strip()\n    return x",
          ("def f():", "    x = 'not a docstring'.strip()\n    return x")),
         ("x = 1", None),
+        ('def f():\n    """Only a docstring."""', None),
     ],
 )  # fmt: skip
 def test_split_function(code, expected):
