@@ -138,27 +138,28 @@ class Batches:
         B = len(rows)
         idx = np.full((B, T), EOT, dtype=np.int64)
         targets = np.full((B, T), IGNORE, dtype=np.int64)
-        seg = np.full((B, T), -1, dtype=np.int64)  # which example of the row each position belongs to
+        real = np.zeros((B, T), dtype=bool)  # not padding
         pos = np.zeros((B, T), dtype=np.int64)
+        start = np.broadcast_to(
+            np.arange(T), (B, T)
+        ).copy()  # where each position's example starts (pad: itself)
         for b, row in enumerate(rows):
             t = 0
-            for k, i in enumerate(row):
+            for i in row:
                 ids, is_target = self.ds.example(i)
                 n = len(ids) - 1
                 idx[b, t : t + n] = ids[:-1]
                 targets[b, t : t + n] = np.where(is_target[1:], ids[1:], IGNORE)
-                seg[b, t : t + n] = k
+                real[b, t : t + n] = True
                 pos[b, t : t + n] = np.arange(n)
+                start[b, t : t + n] = t
                 t += n
         out = dict(
             idx=torch.from_numpy(idx), targets=torch.from_numpy(targets), pos=None, mask=None,
-            n_tokens=int((seg >= 0).sum()), n_targets=int((targets != IGNORE).sum()),
+            n_tokens=int(real.sum()), n_targets=int((targets != IGNORE).sum()),
         )  # fmt: skip
-        if self.pack:
-            s = torch.from_numpy(seg)
-            causal = torch.ones(T, T, dtype=torch.bool).tril()  # (T, T)
-            same = (s[:, :, None] == s[:, None, :]) & (s[:, :, None] >= 0)  # (B, T, T): same example
-            # A pad query sees only itself: a row of the mask with no True would make SDPA return NaN.
-            mask = (same & causal) | torch.eye(T, dtype=torch.bool)
+        if self.pack:  # block-causal: query i sees keys start(i) .. i, its own example's past and itself
+            j = torch.arange(T)
+            mask = (j <= j[:, None]) & (j >= torch.from_numpy(start)[:, :, None])  # (B, T, T)
             out["pos"], out["mask"] = torch.from_numpy(pos), mask[:, None]  # (B, 1, T, T)
         return out
