@@ -87,21 +87,23 @@ class Saves:
             self.weights += p.numel() * self.act
 
 
-def _linear_saves(lin, rows: int, x_rg: bool, x_kept: bool, s: Saves) -> bool:
+def _linear_saves(lin, rows: int, x_rg: bool, x_kept: bool, s: Saves, x_bytes: int = 4) -> bool:
     """What y = x W^T + b (and a LoRA update) saves for `rows` input rows; returns whether y needs grad.
-    x_kept: the input is already saved by an earlier op (attn.c_proj's input is SDPA's output)."""
+    x_kept: the input is already saved by an earlier op (attn.c_proj's input is SDPA's output);
+    x_bytes: its element size (a LayerNorm output is fp32 even under autocast)."""
     from lora.lora import LoRALinear
 
     out_f, in_f = lin.weight.shape
     lora = isinstance(lin, LoRALinear)
-    if (lin.weight.requires_grad or lora) and not x_kept:  # x, for dW (or dA); autocast: its copy
+    drop = lora and getattr(lin.dropout, "p", 0) > 0  # LoRA's A then multiplies a new tensor, dropout(x)
+    if (lin.weight.requires_grad or lora and not drop) and not x_kept:  # x, for dW or dA (autocast: a copy)
         s.batch += rows * in_f * s.act
+    if drop:  # dropout(x), for dA, and (if x needs grad) dropout's scaled mask, in x's dtype
+        s.batch += rows * in_f * (s.act + x_bytes * x_rg)
     if x_rg:  # W, for dx
         s.copy(lin.weight)
     if lora:
         nr = lin.lora_A.shape[0]  # n*r
-        if getattr(lin.dropout, "p", 0) > 0:
-            s.batch += rows * in_f * (1 + s.act)  # the dropout mask (bool) and the dropped x
         if x_rg:
             s.copy(lin.lora_A)  # A, for dx
         if lin.slices is not None:  # B_full (out, n*r) is built each step: a new tensor, always saved
@@ -124,13 +126,13 @@ def _block_saves(block, B: int, T: int, x_rg: bool, pack: bool, s: Saves) -> boo
         s.batch += 4 * BT * C * s.act + 4 * B * nh * T
         if pack:  # the bool mask becomes an additive float mask (B, 1, T, T), one per block
             s.batch += B * T * T * s.act
-    x_rg = _linear_saves(block.attn.c_proj, BT, qkv_rg, qkv_rg, s) or x_rg
+    x_rg = _linear_saves(block.attn.c_proj, BT, qkv_rg, qkv_rg, s, s.act) or x_rg
     if x_rg:
         s.batch += ln
     h_rg = _linear_saves(block.mlp.c_fc, BT, x_rg, False, s)
     if h_rg:
         s.batch += BT * 4 * C * s.act  # gelu's input (B, T, 4C)
-    return _linear_saves(block.mlp.c_proj, BT, h_rg, False, s) or x_rg  # its input: gelu's output
+    return _linear_saves(block.mlp.c_proj, BT, h_rg, False, s, s.act) or x_rg  # its input: gelu's output
 
 
 def activation_bytes(model, B: int, T: int, N: int, amp: torch.dtype | None, pack: bool, ckpt: bool) -> dict:
@@ -236,7 +238,9 @@ def estimate(cfg, B: int | None = None, T: int | None = None, n_targets: int | N
     )
 
 
-def fmt_bytes(n: float) -> str:
+def fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "n/a"
     for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if abs(n) >= size:
             return f"{n / size:,.1f} {unit}"
@@ -409,18 +413,20 @@ def profile_step(model, raw_model, micro, opt, scaler, amp, grad_clip, device, d
             h.remove()
     frozen, trainable = param_bytes(raw_model)
     scopes = dict(ledger.bytes)
+    notes = [] if "optimizer" in seen else ["no optimizer step ran (fp16 GradScaler skipped it: overflow)"]
     comp = dict(
         params_frozen=frozen,
         params_trainable=trainable,
-        grads=seen.get("grads", 0),
-        optimizer=seen.get("optimizer", 0),
+        grads=seen.get("grads"),  # None, not 0, when the step was skipped
+        optimizer=seen.get("optimizer"),
         activations=sum(v for k, v in scopes.items() if k != "logits"),
         logits=scopes.get("logits", 0),
     )
     b = micro[0]
     measured = dict(
         components=comp,
-        total=sum(comp.values()),
+        total=sum(v for v in comp.values() if v is not None),
+        notes=notes,
         activations_by_component={k: v for k, v in scopes.items() if k != "logits"},
         phases=meter.phases,
         heap_before_step=heap0,
@@ -483,6 +489,7 @@ def measure(cfg, target_fraction: float | None = None, seed: int = 0) -> dict:
 def compare_rows(measured: dict, predicted: dict) -> list[tuple[str, int, int, float]]:
     """(component, measured, predicted, predicted / measured - 1) for the six components and the total."""
     rows = [(k, measured["components"][k], predicted["components"][k]) for k in COMPONENTS]
+    rows = [(k, m, p) for k, m, p in rows if m is not None]
     rows.append(("total", measured["total"], predicted["total"]))
     return [(k, m, p, (p / m - 1) if m else float("nan")) for k, m, p in rows]
 
@@ -512,7 +519,7 @@ def plot_bars(path: Path, labels: list[str], pairs: list[tuple[dict, dict]], tit
         for j, (est, name) in enumerate(((m, "measured"), (p, "predicted"))):
             bottom = 0.0
             for k, comp in enumerate(COMPONENTS):
-                v = est["components"][comp] / unit
+                v = (est["components"][comp] or 0) / unit
                 ax.bar(i + (j - 0.5) * width, v, width, bottom=bottom, color=colors[k],
                        hatch="//" if j else None, edgecolor="white",
                        label=comp if (i == 0 and j == 0) else None)  # fmt: skip
@@ -598,26 +605,40 @@ def check(c: MemoryConfig) -> None:
         raise UsageError("--dtype fp16 needs a GPU (fp16 autocast on CPU is not supported); use bf16 or fp32")
 
 
-def compare(c: MemoryConfig, log=print) -> str:
-    """Full fine-tuning and each LoRA rank, each measured in its own process (a clean peak RSS)."""
+def measure_and_predict(c: MemoryConfig) -> dict:
+    """One real step here, and the estimate for the very batch it ran."""
+    cfg = train_config(c)
+    measured = measure(cfg, c.target_fraction)
+    b = measured["batch"]
+    return dict(measured=measured, predicted=estimate(cfg, B=b["B"], T=b["T"], n_targets=b["n_targets"]))
+
+
+def in_subprocess(c: MemoryConfig) -> dict:
+    """measure_and_predict in a fresh process: its peak RSS is this configuration's alone."""
+    argv = [sys.executable, "-m", "profiler.memory", "--measure", "--json"]
+    for f in dataclasses.fields(MemoryConfig):
+        v = getattr(c, f.name)
+        if f.name in ("json", "measure", "compare", "ranks", "out_dir") or v is None:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        argv += ([flag] if v else ["--no-" + flag[2:]]) if isinstance(v, bool) else [flag, str(v)]
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    if done.returncode != 0:
+        raise RuntimeError(f"profiling {' '.join(argv[3:])} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout)
+
+
+def compare(c: MemoryConfig, log=print, isolate: bool = True) -> str:
+    """Full fine-tuning and each LoRA rank, measured and predicted; each in its own process by default."""
     try:
         ranks = [0] + [int(r) for r in c.ranks.split(",") if r.strip()]
     except ValueError:
         raise UsageError(f"--ranks {c.ranks!r} must be comma-separated integers, e.g. 1,8,64") from None
     results = []
     for r in ranks:
-        argv = [sys.executable, "-m", "profiler.memory", "--measure", "--json", "--lora-rank", str(r)]
-        for f in dataclasses.fields(MemoryConfig):
-            v = getattr(c, f.name)
-            if f.name in ("lora_rank", "json", "measure", "compare", "ranks", "out_dir") or v is None:
-                continue
-            flag = "--" + f.name.replace("_", "-")
-            argv += ([flag] if v else ["--no-" + flag[2:]]) if isinstance(v, bool) else [flag, str(v)]
         log(f"profiling {'full fine-tuning' if r == 0 else f'LoRA r={r}'} ...")
-        done = subprocess.run(argv, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
-        if done.returncode != 0:
-            raise RuntimeError(f"profiling rank {r} failed:\n{done.stderr[-2000:]}")
-        results.append((r, json.loads(done.stdout)))
+        one = replace(c, lora_rank=r)
+        results.append((r, in_subprocess(one) if isolate else measure_and_predict(one)))
     return write_comparison(Path(c.out_dir), c, results, log)
 
 
@@ -633,12 +654,10 @@ def write_comparison(out: Path, c: MemoryConfig, results: list[tuple[int, dict]]
         m, p = res["measured"], res["predicted"]
         mc, pc = m["components"], p["components"]
 
-        def cell(key_m, key_p=None):
-            return f"{fmt_bytes(key_m)} ({fmt_bytes(key_p)})" if key_p is not None else fmt_bytes(key_m)
+        def cell(measured_bytes, predicted_bytes):
+            return f"{fmt_bytes(measured_bytes)} ({fmt_bytes(predicted_bytes)})"
 
-        phases = m["phases"]
-        peak = (max(ph["max_allocated"] for ph in phases.values()) if "max_allocated" in phases["forward"]
-                else phases["optimizer"]["peak_rss_so_far"])  # fmt: skip
+        peaks = [ph.get("max_allocated", ph.get("peak_rss_so_far")) for ph in m["phases"].values()]
         row = [
             label.get(r, f"LoRA r={r}"),
             f"{p['counts']['params_trainable']:,}",
@@ -648,7 +667,7 @@ def write_comparison(out: Path, c: MemoryConfig, results: list[tuple[int, dict]]
             cell(mc["activations"], pc["activations"]),
             cell(mc["logits"], pc["logits"]),
             cell(m["total"], p["total"]),
-            fmt_bytes(peak),
+            fmt_bytes(max(peaks)),
         ]
         lines.append("| " + " | ".join(row) + " |")
     first = results[0][1]["measured"]
@@ -684,20 +703,17 @@ def main(argv: list[str] | None = None) -> int:
     if c.compare:
         compare(c)
         return 0
-    cfg = train_config(c)
-    predicted = estimate(cfg, target_fraction=c.target_fraction)
     if not c.measure:
+        predicted = estimate(train_config(c), target_fraction=c.target_fraction)
         print(json.dumps(predicted, indent=2) if c.json else format_estimate(predicted))
         return 0
-    measured = measure(cfg, c.target_fraction)
-    b = measured["batch"]
-    predicted = estimate(cfg, B=b["B"], T=b["T"], n_targets=b["n_targets"])
+    res = measure_and_predict(c)
     if c.json:
-        print(json.dumps(dict(measured=measured, predicted=predicted)))
+        print(json.dumps(res))
     else:
-        print(format_estimate(predicted))
-        print(f"measured on {measured['device']} (one step, random weights):")
-        print(format_comparison(measured, predicted))
+        print(format_estimate(res["predicted"]))
+        print(f"measured on {res['measured']['device']} (one step, random weights):")
+        print(format_comparison(res["measured"], res["predicted"]))
     return 0
 
 

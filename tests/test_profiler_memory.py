@@ -8,10 +8,12 @@ import pytest
 import torch
 
 import train
-from cli import UsageError
+from cli import UsageError, parse_config
 from profiler.memory import (
     COMPONENTS,
+    MemoryConfig,
     SavedTensorLedger,
+    compare,
     estimate,
     format_estimate,
     main,
@@ -59,8 +61,9 @@ def test_lora_124m_trains_only_the_adapters():
         dict(lora_rank=4, dtype="fp32"),
         dict(lora_rank=4, dtype="bf16"),
         dict(lora_rank=4, dtype="bf16", lora_targets="all", pack=True),
+        dict(lora_rank=4, dtype="bf16", lora_targets="mlp", lora_dropout=0.1),
     ],
-    ids=["full-fp32", "full-bf16", "lora-fp32", "lora-bf16", "lora-all-bf16-packed"],
+    ids=["full-fp32", "full-bf16", "lora-fp32", "lora-bf16", "lora-all-bf16-packed", "lora-mlp-dropout"],
 )
 def test_each_predicted_component_is_within_10_percent_of_a_measured_step(mode, batch_size):
     m, p = measured_and_predicted(replace(TINY, batch_size=batch_size, **mode))
@@ -180,11 +183,10 @@ def test_dry_run_text_names_every_component():
     assert "LoRA r=8 (q,v)" in text and "grad checkpoint" in text and "1 block recompute" in text
 
 
-@pytest.mark.slow
 def test_compare_writes_a_markdown_table_and_a_chart(tmp_path):
-    argv = ["--model", "tiny", "--compare", "--ranks", "2", "--batch-size", "2", "--max-len", "32",
-            "--dtype", "fp32", "--device", "cpu", "--out-dir", str(tmp_path)]  # fmt: skip
-    assert main(argv) == 0
+    argv = ["--model", "tiny", "--ranks", "2", "--batch-size", "2", "--max-len", "32", "--dtype", "fp32",
+            "--device", "cpu", "--out-dir", str(tmp_path)]  # fmt: skip
+    compare(parse_config(MemoryConfig, argv), log=lambda *a: None, isolate=False)  # the CLI: one process each
     table = (tmp_path / "memory_compare.md").read_text()
     assert "| full |" in table and "| LoRA r=2 |" in table and "peak RSS" in table
     assert (tmp_path / "memory_compare.png").stat().st_size > 10_000
