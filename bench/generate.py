@@ -1,0 +1,151 @@
+"""Generation speed: our KV-cache generate() against HF transformers' generate(), same weights, one run.
+
+    python -m bench.generate              # batch 1 greedy and 10 samples per prompt, fp32 and bf16 weights
+    python -m bench.generate --quick      # bf16 weights only, fewer rounds
+    python -m bench.generate --device cuda
+
+One random GPT-2 124M (seeded) is saved by transformers and loaded by model/hf.py, so both sides hold the
+same weights; a greedy run checks that they also produce the same ids. The prompt is 64 random token ids;
+every call makes exactly --new-tokens tokens per row (no end-of-text stop), so tokens/s = rows x new
+tokens / seconds, prefill included. Calls alternate ours / HF; medians of --rounds after a warm-up call.
+The pass@k workload is n=10 samples of one prompt (temperature 0.8, top-p 0.95): one prefill, ten rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+
+import torch
+
+from bench.common import interleave, machine_line, markdown_table, median, timed
+
+VOCAB = 50257
+
+
+def load_pair(device: torch.device, seed: int = 0):
+    """(ours, hf) GPT-2 124M with the same random weights, in eval mode, fp32."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from model.hf import load_pretrained
+
+    torch.manual_seed(seed)
+    hf = GPT2LMHeadModel(GPT2Config()).eval()
+    with tempfile.TemporaryDirectory() as d:
+        hf.save_pretrained(d)
+        ours = load_pretrained(d, device=device)
+    hf.generation_config.eos_token_id = None  # every call makes exactly max_new_tokens tokens
+    hf.generation_config.pad_token_id = 50256
+    return ours.eval(), hf.to(device)
+
+
+def workloads(ours, hf, prompt: torch.Tensor, new: int, n: int, seed: int):
+    """name -> (rows, ours call, HF call) for batch 1 greedy and n samples of one prompt."""
+    ids = prompt.tolist()
+    attn = torch.ones_like(prompt)
+    g = torch.Generator(device=prompt.device)
+    sampling = dict(temperature=0.8, top_p=0.95)
+
+    def ours_greedy():
+        return ours.generate([ids[0]], max_new_tokens=new)
+
+    def hf_greedy():
+        return hf.generate(
+            prompt, attention_mask=attn, max_new_tokens=new, min_new_tokens=new, do_sample=False
+        )
+
+    def ours_sample():
+        g.manual_seed(seed)
+        return ours.generate([ids[0]], max_new_tokens=new, n=n, generator=g, **sampling)
+
+    def hf_sample():
+        torch.manual_seed(seed)
+        return hf.generate(
+            prompt, attention_mask=attn, max_new_tokens=new, min_new_tokens=new, do_sample=True,
+            num_return_sequences=n, top_k=0, **sampling,
+        )  # fmt: skip
+
+    return {
+        "batch 1, greedy": (1, ours_greedy, hf_greedy),
+        f"{n} samples of 1 prompt (pass@k)": (n, ours_sample, hf_sample),
+    }
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m bench.generate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="one weight dtype (as auto), 3 rounds")
+    p.add_argument("--prompt-len", type=int, default=64)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--n", type=int, default=10, help="samples per prompt in the pass@k row")
+    p.add_argument("--rounds", type=int, default=5, help="timed calls per contender (median reported)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument(
+        "--dtypes", default="auto", help="fp32,bf16 or auto (fp32, + bf16 where native: GPU, AVX512-BF16/AMX)"
+    )
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but torch sees no GPU; run on a GPU machine or use --device cpu")
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from bench.train import auto_dtype
+
+    native = auto_dtype(device)  # without native bf16 a CPU emulates it, ~30x slower than fp32
+    dtypes = (
+        (["fp32", "bf16"] if native == "bf16" else ["fp32"])
+        if args.dtypes == "auto"
+        else args.dtypes.split(",")
+    )
+    dtypes = [native] if args.quick and args.dtypes == "auto" else dtypes
+    rounds = 3 if args.quick else args.rounds
+    ours, hf = load_pair(device)
+    prompt = torch.randint(0, VOCAB, (1, args.prompt_len), generator=torch.Generator().manual_seed(1)).to(
+        device
+    )
+    with torch.no_grad():
+        a = ours.generate([prompt[0].tolist()], max_new_tokens=16)[0]
+        b = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=16, do_sample=False)
+    same = a == b[0, args.prompt_len :].tolist()
+    print(f"greedy ids, fp32, first 16 tokens: ours == HF: {same}")
+    rows, by = [], {}
+    for dt in dtypes:
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dt]
+        ours, hf = ours.to(dtype), hf.to(dtype)
+        for name, (n_rows, f_ours, f_hf) in workloads(ours, hf, prompt, args.new_tokens, args.n, 0).items():
+            with torch.no_grad():
+                times = interleave(
+                    {"ours": lambda f=f_ours: timed(f, device), "HF": lambda f=f_hf: timed(f, device)},
+                    rounds, args.warmup,
+                )  # fmt: skip
+            tps = {k: n_rows * args.new_tokens / median(v) for k, v in times.items()}
+            by[(dt, name)] = tps
+            print(f"  {dt} {name}: ours {tps['ours']:.1f} tok/s, HF {tps['HF']:.1f} tok/s "
+                  f"(ours {[round(t, 2) for t in times['ours']]}, HF {[round(t, 2) for t in times['HF']]})",
+                  flush=True)  # fmt: skip
+            b1 = by[(dt, "batch 1, greedy")]
+            rows.append([
+                name, dt, f"{tps['ours']:,.1f}", f"{tps['HF']:,.1f}", f"**{tps['ours'] / tps['HF']:.2f}x**",
+                f"{tps['ours'] / b1['ours']:.2f}x", f"{tps['HF'] / b1['HF']:.2f}x",
+            ])  # fmt: skip
+    header = ["workload", "weights", "ours tok/s", "HF tok/s", "speed-up", "ours vs its batch 1",
+              "HF vs its batch 1"]  # fmt: skip
+    print()
+    print(
+        f"Generation, GPT-2 124M (random weights), {args.prompt_len}-token prompt, {args.new_tokens} new "
+        f"tokens per row, KV cache, median of {rounds} calls after {args.warmup} warm-up, interleaved:\n"
+    )
+    print(markdown_table(header, rows))
+    print(f"\n{machine_line(device)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

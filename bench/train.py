@@ -1,0 +1,396 @@
+"""Train-step speed and peak memory: ours against HF transformers + PEFT, side by side in one run.
+
+    python -m bench.train                # GPT-2 124M shapes, batch 4 x 256: full FT and LoRA r=8, bf16 + fp32
+    python -m bench.train --quick        # the two acceptance rows only (bf16 LoRA c_attn+c_proj, bf16 full)
+    python -m bench.train --corpus       # useful tokens/s on the embedded corpus: study pipeline vs ours
+    python -m bench.train --device cuda  # the same on a GPU
+
+Each contender lives in its own worker process holding one model and its optimizer; the parent tells the
+workers to take one step each in turn (ours, HF, ours, HF ...), so a noisy neighbour slows both alike, and
+each worker's peak memory is its own: on CPU the peak resident set size minus the resident size after
+imports (weights + gradients + optimizer state + activations + allocator slack), on a GPU
+torch.cuda.max_memory_allocated. Random weights: speed does not depend on their values.
+
+What the two sides run (same shapes, dtype policy, optimizer and clipping):
+  ours   model/gpt2.py (+ lora/lora.py), train.py's own build_model / make_optimizer / train_step: loss over
+         target positions only, frozen LoRA base weights stored in bf16 under bf16.
+  HF     GPT2LMHeadModel (SDPA attention) + peft.get_peft_model, a step as HF Trainer takes it: autocast
+         forward with labels, backward, clip_grad_norm_(1.0), AdamW (fused, Trainer's default), zero_grad.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+
+import torch
+
+from bench import common as C
+
+VOCAB = 50257
+# Our LoRA targets -> the nearest PEFT target_modules. PEFT cannot adapt q and v alone inside GPT-2's
+# fused c_attn (a Conv1D), so for q,v it adapts the whole c_attn: what a PEFT user of GPT-2 does.
+PEFT_TARGETS = {"c_attn,attn.c_proj": ["c_attn", "attn.c_proj"], "q,v": ["c_attn"], "c_attn": ["c_attn"]}
+CONFIGS = {  # name -> (LoRA targets or None for full fine-tuning, dtype)
+    "lora-attn-bf16": ("c_attn,attn.c_proj", "bf16"),
+    "full-bf16": (None, "bf16"),
+    "lora-qv-bf16": ("q,v", "bf16"),
+    "lora-attn-fp32": ("c_attn,attn.c_proj", "fp32"),
+    "full-fp32": (None, "fp32"),
+    "lora-qv-fp32": ("q,v", "fp32"),
+}
+QUICK = ("lora-attn", "full")  # + the dtype --dtype auto picks
+
+
+def auto_dtype(device: torch.device) -> str:
+    """bf16 where it is native (GPU, AVX512-BF16/AMX CPU); else fp32, as train.py --dtype auto decides.
+    Without native support a CPU emulates bf16 matmuls ~30x slower than fp32: those rows would take hours."""
+    import train
+
+    return "bf16" if train.resolve_dtype("auto", device) == torch.bfloat16 else "fp32"
+
+
+@dataclass
+class Spec:
+    """What one worker builds: picklable, so it crosses into a spawned process."""
+
+    impl: str  # ours | hf
+    targets: str | None  # LoRA targets (ours' names); None = full fine-tuning
+    dtype: str  # bf16 | fp32
+    device: str
+    rank: int = 8
+    alpha: float = 16.0
+    model: str = "gpt2"
+    compile: bool = False
+    threads: int = 0  # 0 = torch's default
+
+
+# ------------------------------------------------------------------------------------------- the workers
+def build_ours(spec: Spec, device: torch.device):
+    """Our model, optimizer and one-step function, through train.py's own code."""
+    import train
+    from model.gpt2 import GPT, config_for
+
+    cfg = train.TrainConfig(
+        model=spec.model, init="random", lora_rank=spec.rank if spec.targets else 0,
+        lora_alpha=spec.alpha, lora_targets=spec.targets or "q,v", dtype=spec.dtype, lr=1e-4,
+        max_len=config_for(spec.model).block_size,
+    )  # fmt: skip
+    dtype = torch.bfloat16 if spec.dtype == "bf16" else torch.float32
+    torch.manual_seed(0)
+    model = train.build_model(cfg, device, dtype, log=lambda *a: None)
+    assert isinstance(model, GPT) and model.config == config_for(spec.model)
+    opt = train.make_optimizer(model, cfg, device)
+    amp = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+    fwd = torch.compile(model) if spec.compile else model
+
+    def step(batch: dict) -> float:
+        loss, _ = train.train_step(fwd, model, [batch], opt, None, amp, 1.0, device, False)
+        return loss
+
+    return model, step
+
+
+def build_hf(spec: Spec, device: torch.device):
+    """GPT2LMHeadModel (+ PEFT LoRA), stepped the way HF Trainer steps it."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from model.gpt2 import config_for
+
+    c = config_for(spec.model)
+    torch.manual_seed(0)
+    hcfg = GPT2Config(
+        n_layer=c.n_layer,
+        n_head=c.n_head,
+        n_embd=c.n_embd,
+        n_positions=c.block_size,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )  # fmt: skip  (ours: dropout 0)
+    model = GPT2LMHeadModel(hcfg).to(device)
+    if spec.targets:
+        lcfg = LoraConfig(
+            r=spec.rank, lora_alpha=spec.alpha, lora_dropout=0.0, target_modules=PEFT_TARGETS[spec.targets],
+            fan_in_fan_out=True, task_type="CAUSAL_LM",
+        )  # fmt: skip
+        model = get_peft_model(model, lcfg)
+    model.train()
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    # Trainer's grouping: decay on everything but biases and LayerNorm weights.
+    decay = [p for n, p in named if not (n.endswith(".bias") or ".ln_" in n)]
+    rest = [p for n, p in named if n.endswith(".bias") or ".ln_" in n]
+    groups = [{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.95), eps=1e-8, fused=True)
+    dtype = torch.bfloat16 if spec.dtype == "bf16" else torch.float32
+    amp = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+    fwd = torch.compile(model) if spec.compile else model
+    params = [p for _, p in named]
+
+    def step(batch: dict) -> float:
+        with amp:
+            loss = fwd(
+                input_ids=batch["hf_ids"], attention_mask=batch["hf_attn"], labels=batch["hf_labels"]
+            ).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(loss)
+
+    return model, step
+
+
+def worker(conn, spec: Spec) -> None:
+    """Build one contender, then take a step whenever the parent says so; report peak memory at the end."""
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    device = torch.device(spec.device)
+    base = C.rss_bytes()
+    try:
+        t = time.perf_counter()
+        model, step = (build_ours if spec.impl == "ours" else build_hf)(spec, device)
+        conn.send(dict(build_s=time.perf_counter() - t))
+        while (msg := conn.recv()) is not None:
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in msg.items()}
+            C.sync(device)
+            t = time.perf_counter()
+            loss = step(batch)
+            C.sync(device)
+            conn.send(dict(seconds=time.perf_counter() - t, loss=loss))
+    except Exception as e:  # the parent is waiting on the pipe: tell it, rather than leave it hanging
+        conn.send(dict(error=f"{spec.impl} worker: {type(e).__name__}: {e}"))
+        raise
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else C.peak_rss_bytes() - base
+    conn.send(dict(peak_bytes=peak, trainable=sum(p.numel() for p in model.parameters() if p.requires_grad)))
+
+
+class Contender:
+    """A worker process seen from the parent: step(batch) -> seconds; close() -> peak memory."""
+
+    def __init__(self, spec: Spec):
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=worker, args=(child, spec), daemon=True)
+        self.proc.start()
+        child.close()  # only the worker holds that end now: if it dies, recv() raises instead of hanging
+        self.build_s = self._recv()["build_s"]
+        self.losses: list[float] = []
+
+    def _recv(self) -> dict:
+        r = self.conn.recv()
+        if "error" in r:
+            raise RuntimeError(r["error"])
+        return r
+
+    def step(self, batch: dict) -> float:
+        self.conn.send(batch)
+        r = self._recv()
+        self.losses.append(r["loss"])
+        return r["seconds"]
+
+    def close(self) -> dict:
+        self.conn.send(None)
+        r = self.conn.recv()
+        self.proc.join()
+        return r
+
+
+# ------------------------------------------------------------------------------------------- batches
+def random_batch(B: int, T: int, seed: int = 0) -> dict:
+    """The same tokens for both sides; every position but the last has a target (HF shifts labels itself)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, VOCAB, (B, T + 1), generator=g)
+    targets = ids[:, 1:].clone()
+    return dict(
+        idx=ids[:, :T], targets=targets, pos=None, mask=None, n_tokens=B * T, n_targets=B * T,
+        hf_ids=ids[:, :T], hf_attn=torch.ones(B, T, dtype=torch.long), hf_labels=ids[:, :T],
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------- benchmarks
+def bench_models(args, device: torch.device) -> str:
+    dtypes = [auto_dtype(device)] if args.dtypes == "auto" else args.dtypes.split(",")
+    names = [n for n in (args.configs or ",".join(CONFIGS)).split(",") if n[-4:] in dtypes]
+    if args.quick:
+        names = [f"{q}-{dtypes[0]}" for q in QUICK]
+    batch = random_batch(args.batch_size, args.seq_len)
+    tokens = args.batch_size * args.seq_len
+    rows = []
+    for name in names:
+        if name not in CONFIGS:
+            raise SystemExit(f"error: unknown config {name!r}; choose from {', '.join(CONFIGS)}")
+        targets, dtype = CONFIGS[name]
+        spec = Spec(
+            "ours", targets, dtype, str(device), model=args.model, compile=args.compile, threads=args.threads
+        )
+        pair = {"ours": Contender(spec), "HF": Contender(replace(spec, impl="hf"))}
+        times = C.interleave(
+            {k: (lambda c=c: c.step(batch)) for k, c in pair.items()}, args.steps, args.warmup
+        )
+        mem = {k: c.close() for k, c in pair.items()}
+        tps = {k: tokens / C.median(v) for k, v in times.items()}
+        hf_targets = "" if not targets else f" / PEFT {'+'.join(PEFT_TARGETS[targets])}"
+        what = f"LoRA r=8 {targets}{hf_targets}" if targets else "full fine-tuning"
+        rows.append([
+            what, dtype, f"{tps['ours']:,.0f}", f"{tps['HF']:,.0f}", f"**{tps['ours'] / tps['HF']:.2f}x**",
+            C.mib(mem["ours"]["peak_bytes"]), C.mib(mem["HF"]["peak_bytes"]),
+            f"{mem['ours']['peak_bytes'] / mem['HF']['peak_bytes']:.2f}",
+        ])  # fmt: skip
+        steps = {k: [round(t, 2) for t in v] for k, v in times.items()}
+        print(f"  {name}: ours {tps['ours']:.0f} tok/s, HF {tps['HF']:.0f} tok/s (steps s: {steps}; build s: "
+              f"ours {pair['ours'].build_s:.1f}, HF {pair['HF'].build_s:.1f})", flush=True)  # fmt: skip
+    header = ["training", "dtype", "ours tok/s", "HF+PEFT tok/s", "speed-up", "ours peak MiB", "HF peak MiB",
+              "memory ours/HF"]  # fmt: skip
+    return (
+        f"Train step, GPT-2 {args.model} shapes, batch {args.batch_size} x {args.seq_len}, AdamW, "
+        f"median of {args.steps} steps after {args.warmup} warm-up, interleaved:\n\n"
+        + C.markdown_table(header, rows)
+    )
+
+
+class Subset:
+    """The examples `index` of a TokenDataset, seen as a dataset of their own (what Batches reads)."""
+
+    def __init__(self, ds, index):
+        self.ds, self.index = ds, [int(i) for i in index]
+        self.lengths = ds.lengths[self.index]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def example(self, i: int):
+        return self.ds.example(self.index[i])
+
+
+def study_batch(sub: Subset, rows: list[int], max_len: int) -> dict:
+    """The study's collation: every example right-padded to max_len, the loss on every real token (prompt
+    included; pads are -100 as DataCollatorForLanguageModeling makes them). Keys for both sides."""
+    from data.tokenizer import EOT
+    from model.gpt2 import IGNORE
+
+    B = len(rows)
+    ids = torch.full((B, max_len), EOT, dtype=torch.long)
+    attn = torch.zeros(B, max_len, dtype=torch.long)
+    useful = 0
+    for b, i in enumerate(rows):
+        e, is_target = sub.example(i)
+        ids[b, : len(e)], attn[b, : len(e)] = torch.from_numpy(e), 1
+        useful += int(is_target[1:].sum())  # the code (+ EOT) tokens: what the fine-tune is for
+    labels = ids.masked_fill(attn == 0, IGNORE)
+    targets = torch.cat([labels[:, 1:], torch.full((B, 1), IGNORE)], 1)  # ours predicts t+1 at t
+    return dict(
+        idx=ids, targets=targets, pos=None, mask=None, n_tokens=B * max_len,
+        n_targets=int((targets != IGNORE).sum()), hf_ids=ids, hf_attn=attn, hf_labels=labels, useful=useful,
+    )  # fmt: skip
+
+
+def bench_corpus(args, device: torch.device) -> str:
+    """Useful (code) tokens per second over the same examples of the embedded corpus, LoRA r=8 on c_attn."""
+    import numpy as np
+
+    from data.loader import Batches
+    from data.prepare import DataConfig, prepare
+
+    L = 512
+    ds = prepare(DataConfig(data="pysrc", max_len=L, cache_dir=args.cache_dir), splits=("train",))["train"]
+    n = 16 if args.quick else args.examples
+    sub = Subset(ds, np.random.default_rng(0).choice(len(ds), size=min(n, len(ds)), replace=False))
+    B = args.batch_size
+    study = [study_batch(sub, list(range(s, min(s + B, len(sub)))), L) for s in range(0, len(sub), B)]
+
+    def ours_batches(pack: bool) -> list[dict]:
+        out = list(Batches(sub, B, L, pack=pack, shuffle=True, seed=0))
+        for b in out:
+            b["useful"] = b["n_targets"]
+        return out
+
+    spec = Spec(
+        "hf",
+        "c_attn",
+        auto_dtype(device) if args.dtypes == "auto" else args.dtypes,
+        str(device),
+        compile=args.compile,
+        threads=args.threads,
+    )
+    pipelines = {  # name -> (spec, batches)
+        "study: HF+PEFT, pad to 512, loss on every token": (spec, study),
+        "ours, pad to 512, loss on every token": (replace(spec, impl="ours"), study),
+        "ours, length-bucketed, loss on the code": (replace(spec, impl="ours"), ours_batches(False)),
+        "ours, packed (block-causal), loss on the code": (replace(spec, impl="ours"), ours_batches(True)),
+    }
+    if args.quick:
+        del pipelines["ours, pad to 512, loss on every token"]
+    workers = {k: Contender(s) for k, (s, _) in pipelines.items()}
+    for k, (_, batches) in pipelines.items():  # warm-up: one untimed step each
+        workers[k].step(batches[0])
+    seconds = {k: 0.0 for k in pipelines}
+    for r in range(max(len(b) for _, b in pipelines.values())):  # interleaved, batch by batch
+        for k, (_, batches) in pipelines.items():
+            if r < len(batches):
+                seconds[k] += workers[k].step(batches[r])
+    mem = {k: w.close() for k, w in workers.items()}
+    rows, base = [], None
+    for k, (_, batches) in pipelines.items():
+        useful = sum(b["useful"] for b in batches)
+        positions = sum(b["idx"].numel() for b in batches)
+        ups = useful / seconds[k]
+        base = base or ups
+        rows.append([k, len(batches), f"{positions:,}", f"{useful:,}", f"{seconds[k]:.1f}", f"{ups:,.0f}",
+                     f"**{ups / base:.2f}x**", C.mib(mem[k]["peak_bytes"])])  # fmt: skip
+    header = ["pipeline", "batches", "positions run", "useful tokens", "seconds", "useful tok/s", "vs study",
+              "peak MiB"]  # fmt: skip
+    return (
+        f"Useful tokens/s on the embedded corpus ({len(sub)} random training examples of "
+        f"{ds.path.parent.name}), LoRA r=8 on c_attn, {spec.dtype}, batch {B}, AdamW; every pipeline runs "
+        f"the same examples, interleaved batch by batch. Useful = code tokens (+ EOT), the ones a "
+        f"docstring-to-code fine-tune is for:\n\n" + C.markdown_table(header, rows)
+    )
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m bench.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="only the two acceptance rows (bf16)")
+    p.add_argument("--configs", default=None, help=f"comma-separated: {', '.join(CONFIGS)} (default: all)")
+    p.add_argument(
+        "--dtypes", default="auto", help="fp32,bf16 or auto (bf16 where native: GPU, AVX512-BF16/AMX CPU)"
+    )
+    p.add_argument("--corpus", action="store_true", help="useful tokens/s on the embedded corpus instead")
+    p.add_argument("--model", default="gpt2", help="model preset (shapes only; weights are random)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--steps", type=int, default=5, help="timed steps per contender (median reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--compile", action="store_true", help="torch.compile both models (compile time excluded)")
+    p.add_argument("--examples", type=int, default=32, help="--corpus: examples to run (--quick: 16)")
+    p.add_argument("--cache-dir", default=".cache/data", help="--corpus: token cache folder (train.py's)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per worker (0 = torch's default)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but torch sees no GPU; run on a GPU machine or use --device cpu")
+        return 2
+    if args.steps < 1 or args.warmup < 0:
+        print("error: --steps must be >= 1 and --warmup >= 0")
+        return 2
+    table = bench_models(args, device) if not args.corpus else bench_corpus(args, device)
+    print()
+    print(table)
+    print(f"\n{C.machine_line(device)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.getcwd())
+    sys.exit(main())
