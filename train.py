@@ -65,7 +65,11 @@ class TrainConfig:
     data_files: str | None = opt(None, "comma-separated local CodeXGLUE-schema parquet/jsonl files")
     pysrc_roots: str | None = opt(None, "comma-separated extra Python source trees for the embedded corpus")
     max_train_examples: int | None = opt(None, "use the first N training examples (the study used 10000)")
-    max_len: int = opt(512, "tokens per example (prompt + code + EOS); longer ones are truncated or dropped")
+    max_len: int | None = opt(
+        None,
+        "tokens per example, prompt + code + EOS; longer ones are dropped "
+        "(default 512, or the model's context if shorter)",
+    )
     prompt_format: str = opt(
         "study",
         "study ('Prompt: ... Code: ...') or docstring (HumanEval-style def)",
@@ -142,24 +146,26 @@ DATA_FIELDS = (
 
 
 def validate(cfg: TrainConfig) -> None:
+    """Stop on bad settings before anything is loaded or written."""
     from lora.lora import parse_targets
-    from model.gpt2 import PRESETS
+    from model.gpt2 import PRESETS, config_for
 
+    if cfg.model not in PRESETS:
+        raise UsageError(f"--model {cfg.model} is not a preset; choose from {', '.join(PRESETS)}")
+    context = config_for(cfg.model).block_size
+    cfg.max_len = cfg.max_len or min(512, context)
     checks = [
-        (cfg.model in PRESETS, f"--model {cfg.model} is not a preset; choose from {', '.join(PRESETS)}"),
-        (
-            cfg.lora_rank >= 0,
-            f"--lora-rank {cfg.lora_rank} is negative; pass 0 (full fine-tune) or a rank >= 1",
-        ),
+        (cfg.lora_rank >= 0, f"--lora-rank {cfg.lora_rank} is negative; pass 0 (full fine-tune) or a rank"),
         (cfg.lora_alpha > 0, f"--lora-alpha {cfg.lora_alpha} must be positive"),
         (0 <= cfg.lora_dropout < 1, f"--lora-dropout {cfg.lora_dropout} must be in [0, 1)"),
         (cfg.batch_size >= 1 and cfg.grad_accum >= 1, "--batch-size and --grad-accum must be >= 1"),
         (cfg.max_len >= 8, f"--max-len {cfg.max_len} is too short for a prompt and code"),
+        (cfg.max_len <= context, f"--max-len {cfg.max_len} exceeds the {cfg.model} context ({context})"),
         (cfg.lr is None or cfg.lr > 0, f"--lr {cfg.lr} must be positive"),
         (cfg.max_steps is None or cfg.max_steps >= 1, "--max-steps must be >= 1"),
         (cfg.epochs > 0, "--epochs must be positive"),
         (not (cfg.resume and cfg.overwrite), "--resume and --overwrite contradict each other; pass one"),
-    ]
+    ]  # fmt: skip
     for ok, msg in checks:
         if not ok:
             raise UsageError(msg)
@@ -423,6 +429,7 @@ def make_optimizer(model, cfg: TrainConfig, device: torch.device) -> torch.optim
 @torch.no_grad()
 def evaluate_loss(model, batches, n_batches: int, amp, device) -> float:
     model.eval()
+    batches.set_epoch(0)  # the same first batches at every evaluation
     total, count = 0.0, 0
     for i, b in enumerate(batches):
         if i >= n_batches:
@@ -536,10 +543,8 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int, ddp: bo
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, total // 20)
 
     # --- model, optimizer, precision
-    if master and not cfg.dry_run and not cfg.resume:
-        if wipe:
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
+    if master and wipe and not cfg.dry_run:
+        shutil.rmtree(out)
     save_base = out if (master and cfg.init == "random" and not cfg.dry_run) else None
     model = build_model(cfg, device, dtype, log, save_base_to=save_base)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -572,6 +577,7 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int, ddp: bo
         step = load_checkpoint(ckpt, model, opt, scaler, batches, cfg, device)
         log(f"resumed from {ckpt} at step {step}")
     if master:
+        out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
         truncate_metrics(out / "metrics.jsonl", step)
     raw_model = model
@@ -595,16 +601,33 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int, ddp: bo
     data_iter = iter_forever(batches)
     t_start, tok_window, t_window = time.perf_counter(), 0, time.perf_counter()
     metrics_f = open(out / "metrics.jsonl", "a") if master else None
-    loss_val = float("nan")
+    start_step = step
     try:
         while step < total and not stop["flag"]:
             lr = get_lr(step, cfg.lr, warmup, total, cfg.min_lr_ratio)
             for g in opt.param_groups:
                 g["lr"] = lr
             micro = [next(data_iter) for _ in range(cfg.grad_accum)]
-            loss_val, grad_norm = train_step(
-                model, raw_model, micro, opt, scaler, amp, cfg.grad_clip, device, ddp
-            )
+            if cfg.profile_memory and step == start_step:  # the first step, measured by component
+                from profiler.memory import profile_training_memory
+
+                loss_val, grad_norm, _ = profile_training_memory(
+                    model,
+                    raw_model,
+                    micro,
+                    opt,
+                    scaler,
+                    amp,
+                    cfg,
+                    device,
+                    ddp,
+                    out=out if master else None,
+                    log=log,
+                )
+            else:
+                loss_val, grad_norm = train_step(
+                    model, raw_model, micro, opt, scaler, amp, cfg.grad_clip, device, ddp
+                )
             step += 1
             n_tok = sum(b["n_tokens"] for b in micro) * world
             tok_window += n_tok

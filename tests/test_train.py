@@ -64,7 +64,7 @@ def run_train(args: list[str], cwd: Path, check: bool = True, **kw) -> subproces
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"},
-        timeout=300,
+        timeout=900,
         **kw,
     )
     if check:
@@ -263,3 +263,129 @@ def test_help_and_dry_run_need_no_network(tmp_path, corpus):
     )
     assert "plan:" in cp.stdout and "trainable params: 294,912" in cp.stdout
     assert not (tmp_path / "dry").exists()  # a dry run writes nothing
+
+
+class ToyExamples:
+    """Variable-length examples with a prompt prefix that carries no loss (what data.prepare produces)."""
+
+    def __init__(self, n: int = 8, seed: int = 0):
+        import numpy as np
+
+        g = np.random.default_rng(seed)
+        self.items = []
+        for _ in range(n):
+            length = int(g.integers(8, 40))
+            prompt = int(g.integers(2, length - 3))
+            self.items.append((g.integers(0, 50000, length), np.arange(length) >= prompt))
+        self.lengths = np.array([len(ids) for ids, _ in self.items])
+
+    def __len__(self):
+        return len(self.items)
+
+    def example(self, i):
+        return self.items[i]
+
+
+def test_accumulation_is_normalized_by_the_target_tokens_of_the_whole_step():
+    """batch 8 x accum 1 and batch 2 x accum 4 over the same examples: the same gradient (SGD lr=1 step)."""
+    import copy
+
+    from data.loader import Batches
+    from model.gpt2 import GPT, config_for
+
+    torch.manual_seed(0)
+    base = GPT(config_for("tiny"))
+    ds = ToyExamples()
+    grads = []
+    for batch_size in (8, 2):
+        model = copy.deepcopy(base)
+        micro = list(Batches(ds, batch_size, max_len=64, shuffle=False))
+        assert sum(len(b["idx"]) for b in micro) == 8
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        train.train_step(model, model, micro, opt, None, train.nullcontext(), 0.0, torch.device("cpu"), False)
+        grads.append({n: base.state_dict()[n] - p for n, p in model.state_dict().items()})
+    assert len({len(b) for b in [grads[0], grads[1]]}) == 1
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-5, rtol=0)
+    assert any(g.abs().max() > 1e-4 for g in grads[0].values())  # a real step happened
+
+
+@pytest.mark.slow
+def test_lora_from_transformers_weights_learns_the_embedded_corpus_and_final_loads_in_peft(tmp_path):
+    from peft import PeftModel
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from lora.peft_io import load_adapter
+    from model.hf import load_pretrained
+
+    torch.manual_seed(0)
+    hf_dir = tmp_path / "hf"
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=4, n_embd=64, n_positions=256)).save_pretrained(hf_dir)
+    out = tmp_path / "run"
+    args = ["--weights", str(hf_dir), "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(out)]
+    args += "--model tiny --lora-rank 8 --lora-targets all --data pysrc --max-len 128 --batch-size 4".split()
+    args += "--lr 1e-2 --max-steps 100 --log-every 1 --eval-every 0 --dtype fp32".split()
+    run_train(args, cwd=tmp_path)
+    curve = [loss for _, loss in losses(out)]
+    first, last = sum(curve[:10]) / 10, sum(curve[-10:]) / 10
+    # A random base with frozen embeddings and LayerNorms caps how far LoRA can move the logits (|h| ~ sqrt(C),
+    # |wte row| ~ 0.02 sqrt(C)), so the drop is a few tenths of a nat, well above the batch-to-batch noise.
+    assert last < first - 0.1, (first, last)
+
+    ours = load_pretrained(str(hf_dir))
+    load_adapter(ours, out / "final")
+    peft = PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(hf_dir), out / "final").eval()
+    x = torch.randint(0, 50257, (2, 24))
+    with torch.no_grad():
+        theirs, mine = peft(x).logits, ours.eval()(x)
+        base = GPT2LMHeadModel.from_pretrained(hf_dir)(x).logits
+    torch.testing.assert_close(mine, theirs, atol=1e-4, rtol=0)
+    assert (theirs - base).abs().max() > 1e-2  # the adapter really loaded into PEFT
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch(tmp_path, corpus):
+    from safetensors.torch import load_file
+
+    common = [
+        *TINY,
+        "--lora-rank",
+        "0",
+        "--max-steps",
+        "3",
+        "--data",
+        f"jsonl:{corpus}",
+        "--batch-size",
+        "4",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
+    run_train([*common, "--grad-accum", "2", "--out-dir", str(tmp_path / "one")], cwd=tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cp = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29517",
+            str(ROOT / "train.py"),
+            *common,
+            "--out-dir",
+            str(tmp_path / "two"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert cp.returncode == 0, cp.stderr[-3000:]
+    assert losses(tmp_path / "one") == pytest.approx(losses(tmp_path / "two"), abs=1e-5)
+    a = load_file(tmp_path / "one" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "two" / "final" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0)
