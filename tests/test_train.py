@@ -328,8 +328,8 @@ def test_lora_from_transformers_weights_learns_the_embedded_corpus_and_final_loa
     run_train(args, cwd=tmp_path)
     curve = [loss for _, loss in losses(out)]
     first, last = sum(curve[:10]) / 10, sum(curve[-10:]) / 10
-    # A random base with frozen embeddings and LayerNorms caps how far LoRA can move the logits (|h| ~ sqrt(C),
-    # |wte row| ~ 0.02 sqrt(C)), so the drop is a few tenths of a nat, well above the batch-to-batch noise.
+    # A random base with frozen embeddings and LayerNorms caps how far LoRA can move the logits
+    # (|h| ~ sqrt(C), |wte row| ~ 0.02 sqrt(C)): a drop of a few tenths of a nat, above the batch noise.
     assert last < first - 0.1, (first, last)
 
     ours = load_pretrained(str(hf_dir))
