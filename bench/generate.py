@@ -105,7 +105,7 @@ def main(argv=None) -> int:
         else args.dtypes.split(",")
     )
     dtypes = [native] if args.quick and args.dtypes == "auto" else dtypes
-    rounds = 3 if args.quick else args.rounds
+    rounds = min(3, args.rounds) if args.quick else args.rounds
     ours, hf = load_pair(device)
     prompt = torch.randint(0, VOCAB, (1, args.prompt_len), generator=torch.Generator().manual_seed(1)).to(
         device
