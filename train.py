@@ -31,6 +31,7 @@ import torch.distributed as dist
 
 import runs
 from cli import UsageError, opt, parse_config, run_main
+from model.hf import HUB_IDS
 
 
 @dataclass
@@ -121,7 +122,6 @@ class TrainConfig:
     dry_run: bool = opt(False, "build everything, print the plan and memory estimate, train nothing")
 
 
-HUB_IDS = {"gpt2": "gpt2", "gpt2-medium": "gpt2-medium", "gpt2-large": "gpt2-large", "gpt2-xl": "gpt2-xl"}
 GPU_PEAK_TFLOPS = {
     "H100": 989.0,
     "H200": 989.0,
@@ -165,6 +165,8 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.max_steps is None or cfg.max_steps >= 1, "--max-steps must be >= 1"),
         (cfg.epochs > 0, "--epochs must be positive"),
         (not (cfg.resume and cfg.overwrite), "--resume and --overwrite contradict each other; pass one"),
+        (cfg.init == "random" or cfg.weights or cfg.model in HUB_IDS,
+         f"--model {cfg.model} has no published weights; pass --init random or --weights PATH"),
     ]  # fmt: skip
     for ok, msg in checks:
         if not ok:
@@ -381,7 +383,7 @@ def build_model(
             "the generated code will be noise. !!!"
         )
     else:
-        source = cfg.weights or HUB_IDS.get(cfg.model)
+        source = cfg.weights or HUB_IDS[cfg.model]
         model = load_pretrained(source)
         log(f"loaded {source}")
     if cfg.max_len > model.config.block_size:
