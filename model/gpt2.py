@@ -154,11 +154,13 @@ class GPT(nn.Module):
         B, T = idx.shape
         if pos is None:
             start = caches[0].len if caches else 0
+            last = start + T - 1
             pos = torch.arange(start, start + T, device=idx.device).unsqueeze(0)  # (1, T)
-        if int(pos.max()) >= self.config.block_size:
+        else:  # reading pos.max() waits for the device: only where that costs nothing
+            last = int(pos.max()) if pos.device.type == "cpu" else 0
+        if last >= self.config.block_size:
             raise ValueError(
-                f"sequence reaches position {int(pos.max())}, past the context of "
-                f"{self.config.block_size} tokens"
+                f"sequence reaches position {last}, past the context of {self.config.block_size} tokens"
             )
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
         for i, block in enumerate(self.transformer.h):
@@ -302,8 +304,8 @@ def sample(logits, temperature=0.0, top_k=0, top_p=1.0, generator=None):
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p < 1.0:
         sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest prefix whose mass reaches top_p
+        probs = sorted_logits.softmax(-1)
+        drop = probs.cumsum(-1) - probs >= top_p  # keep the smallest prefix whose mass reaches top_p (as HF)
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = logits.softmax(-1)
