@@ -359,21 +359,14 @@ def build_model(
     cfg: TrainConfig, device: torch.device, dtype: torch.dtype, log, save_base_to: Path | None = None
 ):
     """The GPT to train: pretrained or random, LoRA injected (frozen Linear weights in bf16 under bf16)."""
-    from lora.lora import LoRALinear, inject_lora, parse_targets
+    from lora.lora import LoRALinear
     from model.gpt2 import GPT, config_for
     from model.hf import load_pretrained, save_pretrained
 
     if cfg.dry_run:  # the architecture alone, on the meta device: no weights, no download, no memory
         with torch.device("meta"):
             model = GPT(config_for(cfg.model))
-            if cfg.lora_rank > 0:
-                inject_lora(
-                    model,
-                    parse_targets(cfg.lora_targets),
-                    rank=cfg.lora_rank,
-                    alpha=cfg.lora_alpha,
-                    verbose=False,
-                )
+            add_adapters(model, cfg)
         return model
     if cfg.init == "random":
         torch.manual_seed(cfg.seed)
@@ -390,16 +383,7 @@ def build_model(
         raise UsageError(f"--max-len {cfg.max_len} exceeds the model's context of {model.config.block_size}")
     if save_base_to is not None and cfg.lora_rank > 0 and not (save_base_to / "base").exists():
         save_pretrained(model, save_base_to / "base")  # a random base is part of a LoRA run: keep it
-    if cfg.lora_rank > 0:
-        inject_lora(
-            model,
-            parse_targets(cfg.lora_targets),
-            rank=cfg.lora_rank,
-            alpha=cfg.lora_alpha,
-            dropout=cfg.lora_dropout,
-            rslora=cfg.lora_rslora,
-            verbose=False,
-        )
+    add_adapters(model, cfg)
     model.to(device)
     if cfg.lora_rank > 0 and dtype == torch.bfloat16:
         # Frozen Linear weights live in bf16: half the memory, and autocast stops re-casting them every
@@ -411,6 +395,15 @@ def build_model(
                         p.data = p.data.to(torch.bfloat16)
     model.grad_checkpoint = cfg.grad_checkpoint
     return model
+
+
+def add_adapters(model, cfg: TrainConfig) -> None:
+    """LoRA per the config (rank 0: nothing, every weight trains)."""
+    from lora.lora import inject_lora, parse_targets
+
+    if cfg.lora_rank > 0:
+        inject_lora(model, parse_targets(cfg.lora_targets), rank=cfg.lora_rank, alpha=cfg.lora_alpha,
+                    dropout=cfg.lora_dropout, rslora=cfg.lora_rslora, verbose=False)  # fmt: skip
 
 
 def param_groups(model, weight_decay: float) -> list[dict]:
