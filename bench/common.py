@@ -43,6 +43,17 @@ def machine_line(device: torch.device) -> str:
     )
 
 
+def open_device(name: str, threads: int = 0) -> torch.device | None:
+    """The device to benchmark on (None, after one error line, when CUDA is asked for but absent)."""
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but torch sees no GPU; run on a GPU machine or use --device cpu")
+        return None
+    if threads:
+        torch.set_num_threads(threads)
+    return device
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

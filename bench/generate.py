@@ -19,7 +19,7 @@ import tempfile
 
 import torch
 
-from bench.common import interleave, machine_line, markdown_table, median, timed
+from bench.common import interleave, machine_line, markdown_table, median, open_device, timed
 
 VOCAB = 50257
 
@@ -90,12 +90,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but torch sees no GPU; run on a GPU machine or use --device cpu")
+    device = open_device(args.device, args.threads)
+    if device is None:
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
     from bench.train import auto_dtype
 
     native = auto_dtype(device)  # without native bf16 a CPU emulates it, ~30x slower than fp32
