@@ -65,8 +65,8 @@ class EvalConfig:
     device: str = opt("cpu", "cpu, cuda, cuda:1, mps")
     dtype: str = opt(
         "auto",
-        "auto: bf16 on GPUs that have it, else fp32",
-        choices=["auto", "float32", "bfloat16", "float16"],
+        "auto (bf16/fp16 on a GPU, fp32 on CPU), fp32, bf16, fp16",
+        choices=["auto", "fp32", "bf16", "fp16"],
     )
 
 
@@ -324,15 +324,6 @@ def split_tasks(cfg: EvalConfig, run_cfg: dict) -> list[Task]:
     return tasks
 
 
-def resolve_dtype(name: str, device: str):
-    import torch
-
-    if name == "auto":
-        ok = device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if ok else None  # None: the checkpoint's fp32
-    return getattr(torch, name)
-
-
 def validate(cfg: EvalConfig) -> None:
     if cfg.run and cfg.weights:
         raise UsageError("pass --run or --weights, not both")
@@ -378,7 +369,7 @@ def checkpoint_targets(run: Path, ckpts: list[Path]) -> list[tuple[str, str | No
 
 
 def main(argv: list[str] | None = None) -> int:
-    from runs import checkpoints, load_model_for_inference, read_config
+    from runs import checkpoints, inference_device_dtype, load_model_for_inference, read_config
 
     cfg = parse_config(EvalConfig, argv, description=__doc__.split("\n\n")[0], prog="evaluate.py")
     if cfg.self_check:
@@ -388,10 +379,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     validate(cfg)
     run_cfg = read_config(cfg.run) if cfg.run else {}
-    ckpt = cfg.checkpoint
-    if ckpt and not Path(ckpt).is_dir():
-        ckpt = str(Path(cfg.run) / "checkpoints" / ckpt)  # --checkpoint step-N
-    targets = [("", ckpt, None, None)]
+    device, dtype = inference_device_dtype(cfg.device, cfg.dtype)
+    targets = [("", cfg.checkpoint, None, None)]
     if cfg.all_checkpoints:
         targets = checkpoint_targets(Path(cfg.run), checkpoints(cfg.run))
     tasks = (split_tasks(cfg, run_cfg) if cfg.limit >= 0 else []) + (
@@ -404,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, path, step, epoch in targets:
         net, info = load_model_for_inference(
             run=cfg.run, weights=cfg.weights, adapter=cfg.adapter, init=cfg.init, model=cfg.model,
-            checkpoint=path, device=cfg.device, dtype=resolve_dtype(cfg.dtype, cfg.device),
+            checkpoint=path, device=str(device), dtype=dtype,
         )  # fmt: skip
         print(header(info))
         out = root / name

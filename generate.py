@@ -28,8 +28,7 @@ import torch
 from cli import UsageError, build_parser, opt, run_main
 from data.prepare import DataConfig, format_prompt
 from data.tokenizer import get_tokenizer
-from model.hf import resolve_dtype
-from runs import load_model_for_inference, read_config
+from runs import inference_device_dtype, load_model_for_inference, read_config
 
 # HumanEval's stops (Codex paper): a completion ends where the next top-level statement would begin.
 STOP_SEQUENCES = ("\ndef", "\nclass", "\nif", "\nprint", "\n#")
@@ -271,24 +270,14 @@ def resolve_prompt_format(cfg: GenerateConfig) -> str:
 
 def load(cfg: GenerateConfig):
     """(model, info) as runs.load_model_for_inference gives them, on the chosen device and dtype."""
-    auto = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(auto if cfg.device == "auto" else cfg.device)
-    if cfg.dtype != "auto":
-        dtype = resolve_dtype(cfg.dtype)
-    elif device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    else:
-        dtype = torch.float32  # CPU inference: fp32 is exact and fast enough for GPT-2
-    checkpoint = cfg.checkpoint
-    if checkpoint and not Path(checkpoint).is_dir() and (Path(cfg.run) / "checkpoints" / checkpoint).is_dir():
-        checkpoint = str(Path(cfg.run) / "checkpoints" / checkpoint)  # --checkpoint step-500
+    device, dtype = inference_device_dtype(cfg.device, cfg.dtype)
     model, info = load_model_for_inference(
         run=cfg.run,
         weights=cfg.weights,
         adapter=cfg.adapter,
         init=cfg.init,
         model=cfg.model,
-        checkpoint=checkpoint,
+        checkpoint=cfg.checkpoint,
         device=str(device),
         dtype=dtype,
     )

@@ -42,6 +42,26 @@ def latest_checkpoint(run: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def resolve_checkpoint(run: str | Path, checkpoint: str) -> Path:
+    """A checkpoint folder given as a path, or by name inside the run (`--checkpoint step-500`)."""
+    path = Path(checkpoint)
+    return path if path.is_dir() or not (Path(run) / "checkpoints" / checkpoint).is_dir() else (
+        Path(run) / "checkpoints" / checkpoint)  # fmt: skip
+
+
+def inference_device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+    """Where and in what precision to generate: dtype "auto" is bf16 on GPUs that have it, fp16 on older
+    ones, and fp32 on CPU (exact, and a CPU without native bf16 emulates it slowly)."""
+    from model.hf import resolve_device, resolve_dtype
+
+    dev = resolve_device(device)
+    if dtype != "auto":
+        return dev, resolve_dtype(dtype)
+    if dev.type == "cuda":
+        return dev, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return dev, torch.float32
+
+
 def load_model_for_inference(
     run: str | None = None,
     weights: str | None = None,
@@ -54,7 +74,7 @@ def load_model_for_inference(
 ):
     """A GPT ready to generate, and a dict describing where it came from.
 
-    run: a train.py run folder (its final/ weights, or `checkpoint` = a step-N folder inside it);
+    run: a train.py run folder (its final/ weights, or `checkpoint`: a step-N folder, by path or name);
     weights: an HF GPT-2 folder/file/hub id; adapter: a PEFT adapter folder applied on top (merged);
     init="random": the `model` preset with random weights (smoke tests; info["random_init"] is True).
     """
@@ -68,7 +88,7 @@ def load_model_for_inference(
         cfg = read_config(run)
         info["prompt_format"] = cfg.get("prompt_format")
         info["lora_rank"] = cfg.get("lora_rank", 0)
-        src = Path(checkpoint) if checkpoint else Path(run) / "final"
+        src = resolve_checkpoint(run, checkpoint) if checkpoint else Path(run) / "final"
         if not src.is_dir():
             raise UsageError(f"{src} does not exist; the run has not finished (pass --checkpoint step-N)")
         if info["lora_rank"] > 0:  # the base the run started from, then its adapter

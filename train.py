@@ -31,7 +31,7 @@ import torch.distributed as dist
 
 import runs
 from cli import UsageError, opt, parse_config, run_main
-from model.hf import HUB_IDS
+from model.hf import HUB_IDS, resolve_device
 
 
 @dataclass
@@ -187,14 +187,6 @@ def get_lr(step: int, peak: float, warmup: int, total: int, min_ratio: float) ->
         return peak * min_ratio
     progress = (step - warmup) / max(1, total - warmup)  # 0 -> 1
     return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {name} asked for CUDA, but no GPU is visible; pass --device cpu")
-    return torch.device(name)
 
 
 def cpu_has_bf16() -> bool:
@@ -470,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if ddp else (0, 1)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device)  # model.hf's: auto -> cuda if there is one
     if ddp:
         if device.type == "cuda":
             device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")

@@ -317,10 +317,14 @@ def config_to_hf(cfg: GPTConfig, dtype: torch.dtype = torch.float32) -> dict:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """ "auto" -> cuda when available, else cpu; anything else as torch understands it."""
+    """ "auto" -> cuda when available, else cpu; anything else as torch understands it. Asking for CUDA
+    where there is none is a usage error, not a crash on the first tensor."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device} asked for CUDA, but no GPU is visible; pass --device cpu")
+    return dev
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
