@@ -10,7 +10,7 @@ Components (bytes):  params_frozen, params_trainable   numel * element_size of e
                                                         plus a 4-byte step counter per parameter tensor
                      activations                        tensors autograd saves for backward, by component:
                                                         embeddings, block0.., ln_f, head (lm_head input side)
-                     logits                             what the loss saves: (N, V) fp32 log-probs + targets
+                     logits                             what the loss saves: (V, N) fp32 softmax + targets
 Measured: parameters, grads and optimizer state are exact sums over the tensors; activations are counted by
 saved-tensor hooks (each storage once, parameters excluded), attributed to the module running at the time;
 CUDA adds the allocator's peaks per phase, CPU the heap in use (glibc mallinfo2) and the process peak RSS.
@@ -45,7 +45,7 @@ HOW = {
     "activations": "saved-tensor hooks over the forward pass: each saved storage counted once, parameters "
     "excluded, attributed to the module running (with --grad-checkpoint: the block inputs the checkpoint "
     "keeps, counted at each block's forward pre-hook)",
-    "logits": "saved-tensor hooks: what the loss saves after lm_head returns ((N, V) log-probs, targets)",
+    "logits": "saved-tensor hooks: what the loss saves once it starts ((V, N) softmax, targets)",
 }
 HEAD_SCOPES = ("embeddings", "ln_f", "head")
 
@@ -155,7 +155,7 @@ def activation_bytes(model, B: int, T: int, N: int, amp: torch.dtype | None, pac
     s = Saves(amp=amp)
     _linear_saves(model.lm_head, N, x_rg, False, s)
     out["head"] = (B * T if x_rg else 0) + s.batch + s.weights  # the bool target mask, h[valid], W copy
-    out["logits"] = 4 * N * V + 8 * N + 4  # log_softmax output (N, V) fp32, targets (N,) int64, weight
+    out["logits"] = 4 * N * V + 8 * N  # the loss's softmax (V, N) fp32 and targets (N,) int64
     return dict(scopes=out, weight_copies=weights + s.weights, recompute=max(per_block) if ckpt else 0)
 
 
@@ -285,7 +285,7 @@ class SavedTensorLedger:
             self.handles.append(block.register_forward_pre_hook(self._block_entry(f"block{i}")))
         self.handles.append(tr.ln_f.register_forward_pre_hook(enter("ln_f")))
         self.handles.append(tr.ln_f.register_forward_hook(enter("head")))
-        self.handles.append(model.lm_head.register_forward_hook(enter("logits")))
+        self.handles.append(model.loss_fn.register_forward_pre_hook(enter("logits")))
 
     def _block_entry(self, name):
         def hook(module, args):

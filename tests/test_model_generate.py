@@ -89,6 +89,25 @@ def test_top_p_keeps_the_smallest_prefix_that_reaches_p():
     assert abs(share - 0.625) < 0.03
 
 
+@pytest.mark.parametrize("top_k,top_p", [(0, 1.0), (4, 1.0), (0, 0.8)], ids=["plain", "top-k", "top-p"])
+def test_sampled_frequencies_match_the_renormalized_probabilities(top_k, top_p):
+    """Inverse-CDF sampling draws each kept id with its probability (chi-square, 7 ids, 40,000 draws)."""
+    probs = torch.tensor([0.02, 0.3, 0.04, 0.2, 0.1, 0.25, 0.09])
+    want = probs.clone()
+    if top_k:
+        want[want < want.topk(top_k).values[-1]] = 0
+    if top_p < 1:  # sorted: 0.3, 0.25, 0.2 reach 0.75 < 0.8, so 0.1 is kept too; 0.09, 0.04, 0.02 dropped
+        want[want < 0.1] = 0
+    want = want / want.sum()
+    n = 40_000
+    ids = sample(probs.log().repeat(n, 1), 1.0, top_k, top_p, torch.Generator().manual_seed(3))
+    seen = torch.bincount(ids, minlength=7).double()
+    assert seen[want == 0].sum() == 0
+    kept = want > 0
+    chi2 = ((seen[kept] - n * want[kept]) ** 2 / (n * want[kept])).sum().item()
+    assert chi2 < 20.5  # p = 0.001 at 6 degrees of freedom or fewer
+
+
 def test_rows_stop_at_eos_while_the_others_go_on(model):
     full = model.generate(PROMPTS[:2], max_new_tokens=12)
     eos = full[0][3]  # make row 0's fourth token the end of text

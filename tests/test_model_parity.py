@@ -87,3 +87,50 @@ def test_full_size_gpt2_124m_matches_transformers(make_hf_gpt2):
     ours = load_pretrained(folder)
     assert ours.param_counts()["total"] == 124_439_808
     assert_matches_transformers(ours, transformers_model(folder), T=64)
+
+
+@pytest.mark.parametrize("amp", [None, torch.bfloat16], ids=["fp32", "bf16-autocast"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_loss_and_gradients_equal_plain_cross_entropy(randomize, amp, reduction):
+    """The fused (V, N) loss of GPT.forward against F.cross_entropy on nn.Linear logits: same value and
+    same gradient for every parameter, the tied wte/lm_head included, with a masked prompt."""
+    from model.gpt2 import config_for
+
+    model = randomize(GPT(config_for("tiny", vocab_size=300)), seed=2, std=0.3)
+    g = torch.Generator().manual_seed(4)
+    idx = torch.randint(0, 300, (3, 20), generator=g)
+    targets = torch.randint(0, 300, (3, 20), generator=g)
+    targets[0, :7] = IGNORE
+    targets[2, 15:] = IGNORE
+    ctx = torch.autocast("cpu", dtype=amp) if amp else torch.autocast("cpu", enabled=False)
+
+    def grads(loss_fn):
+        model.zero_grad(set_to_none=True)
+        with ctx:
+            loss = loss_fn()
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    def reference():
+        valid = targets != IGNORE
+        logits = model.lm_head(model.hidden(idx)[valid]).float()
+        return torch.nn.functional.cross_entropy(logits, targets[valid], reduction=reduction)
+
+    loss, got = grads(lambda: model(idx, targets=targets, reduction=reduction))
+    ref_loss, want = grads(reference)
+    rtol = 1e-5 if amp is None else 2e-2  # bf16 matmuls round differently in the two layouts
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, ref_loss, rtol=rtol, atol=0)
+    for name, w in want.items():  # summation order differs: compare against the tensor's own scale
+        err = (got[name] - w).abs().max().item() / w.abs().max().item()
+        assert err <= (1e-5 if amp is None else 3e-2), f"{name}: max error {err:.1e} of its largest entry"
+
+
+def test_loss_with_no_target_is_zero_sum_and_trains_nothing(randomize):
+    from model.gpt2 import config_for
+
+    model = randomize(GPT(config_for("tiny", vocab_size=300)), seed=2)
+    idx = torch.randint(0, 300, (2, 8))
+    loss = model(idx, targets=torch.full((2, 8), IGNORE), reduction="sum")
+    loss.backward()
+    assert loss.item() == 0.0 and model.lm_head.weight.grad.abs().sum() == 0
