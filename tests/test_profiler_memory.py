@@ -141,7 +141,7 @@ def test_cli_json_prints_components_in_bytes_for_a_model_this_machine_need_not_r
     assert set(est["components"]) == set(COMPONENTS)
     assert est["total"] == sum(est["components"].values())
     assert est["config"]["n_targets"] == round(0.6 * 4 * 512)  # prompt masked: 60% of positions by default
-    assert est["components"]["logits"] == 4 * est["config"]["n_targets"] * 50257 + 8 * 1229  # softmax + targets
+    assert est["components"]["logits"] == 4 * est["config"]["n_targets"] * 50257 + 8 * 1229
     main(argv)
     text = capsys.readouterr().out
     assert all(k in text for k in COMPONENTS) and "GiB" in text
