@@ -407,7 +407,7 @@ def param_groups(model, weight_decay: float) -> list[dict]:
 
 def make_optimizer(model, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW, fused where the parameters live on CPU or CUDA: one kernel per step instead of a loop of
-    tensor ops (3x faster than foreach for a 124M CPU step, bench/train.py --fused-adamw)."""
+    tensor ops (3x faster than foreach for a 124M CPU step: docs/benchmarks.md)."""
     on_real_device = next(model.parameters()).device.type in ("cpu", "cuda")  # not meta (--dry-run)
     kind = {"fused": True} if on_real_device else {"foreach": False}
     return torch.optim.AdamW(

@@ -68,7 +68,6 @@ class Spec:
     model: str = "gpt2"
     compile: bool = False
     threads: int = 0  # 0 = torch's default
-    fused_adamw: bool = False  # ours: AdamW(fused=True) on CPU too, instead of train.make_optimizer's foreach
 
 
 # ------------------------------------------------------------------------------------------- the workers
@@ -87,9 +86,6 @@ def build_ours(spec: Spec, device: torch.device):
     model = train.build_model(cfg, device, dtype, log=lambda *a: None)
     assert isinstance(model, GPT) and model.config == config_for(spec.model)
     opt = train.make_optimizer(model, cfg, device)
-    if spec.fused_adamw:  # the change proposed for train.make_optimizer: fused on every device
-        opt = torch.optim.AdamW(train.param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95),
-                                eps=1e-8, fused=True)  # fmt: skip
     amp = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
     fwd = torch.compile(model) if spec.compile else model
 
@@ -239,7 +235,6 @@ def bench_models(args, device: torch.device) -> str:
             model=args.model,
             compile=args.compile,
             threads=args.threads,
-            fused_adamw=args.fused_adamw,
         )
         pair = {"ours": Contender(spec), "HF": Contender(replace(spec, impl="hf"))}
         times = C.interleave(
@@ -382,7 +377,6 @@ def parse_args(argv=None):
     p.add_argument("--compile", action="store_true", help="torch.compile both models (compile time excluded)")
     p.add_argument("--examples", type=int, default=32, help="--corpus: examples to run (--quick: 16)")
     p.add_argument("--cache-dir", default=".cache/data", help="--corpus: token cache folder (train.py's)")
-    p.add_argument("--fused-adamw", action="store_true", help="ours: fused AdamW on CPU (proposed train.py)")
     p.add_argument("--threads", type=int, default=0, help="torch threads per worker (0 = torch's default)")
     return p.parse_args(argv)
 
