@@ -207,7 +207,8 @@ class GPT(nn.Module):
 
     def forward(self, idx, targets=None, loss_mask=None, pos=None, mask=None, reduction="mean"):
         """Logits (B, T, V) without targets; with targets (B, T) the loss over positions whose target is
-        not IGNORE and whose loss_mask is set: "mean" per token, or "sum" (for token-normalized accumulation).
+        not IGNORE and whose loss_mask is set: "mean" per token, "sum" (for token-normalized accumulation) or
+        "none" (the N losses, positions in row-major order).
         mask is an SDPA attention mask (B, 1, T, T), True = may attend (block-causal for packed rows)."""
         h = self.hidden(idx, pos=pos, mask=mask)  # (B, T, C)
         if targets is None:
@@ -219,8 +220,8 @@ class GPT(nn.Module):
         # the C x V matmul. The logits come out as (V, N), the layout MKL multiplies fastest (see
         # TargetCrossEntropy), and are the only ones ever materialized.
         logits_t = self.lm_head.weight @ h[valid].t()  # (V, C) @ (C, N) -> (V, N)
-        losses = self.loss_fn(logits_t, targets[valid])  # (N,)
-        return losses.mean() if reduction == "mean" else losses.sum()
+        losses = self.loss_fn(logits_t, targets[valid])  # (N,), in the order of the valid positions
+        return {"mean": losses.mean, "sum": losses.sum, "none": lambda: losses}[reduction]()
 
     def param_counts(self) -> dict[str, int]:
         """Parameters by component (the tied lm_head counted once, under embeddings)."""

@@ -90,7 +90,7 @@ def test_full_size_gpt2_124m_matches_transformers(make_hf_gpt2):
 
 
 @pytest.mark.parametrize("amp", [None, torch.bfloat16], ids=["fp32", "bf16-autocast"])
-@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_loss_and_gradients_equal_plain_cross_entropy(randomize, amp, reduction):
     """The fused (V, N) loss of GPT.forward against F.cross_entropy on nn.Linear logits: same value and
     same gradient for every parameter, the tied wte/lm_head included, with a masked prompt."""
@@ -108,7 +108,7 @@ def test_loss_and_gradients_equal_plain_cross_entropy(randomize, amp, reduction)
         model.zero_grad(set_to_none=True)
         with ctx:
             loss = loss_fn()
-        loss.backward()
+        loss.sum().backward()  # "none": the N losses, in the same order on both sides
         return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
     def reference():
