@@ -29,7 +29,8 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from model.gpt2 import linear
 
 TARGETS = ("q", "k", "v", "c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 SHORTHANDS = {  # every attention matrix gets its own update, as W_q, W_k, W_v, W_o in the LoRA paper
@@ -78,7 +79,7 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (B, T, in), e.g. (B, T, 768) into c_attn
         b = None if self.bias is None else _cast(self.bias, x)
-        y = F.linear(x, _cast(self.weight, x), b)  # (B, T, out), c_attn: (B, T, 2304)
+        y = linear(x, _cast(self.weight, x), b)  # (B, T, out), c_attn: (B, T, 2304); F.linear or oneDNN
         if self.merged:  # W already holds s * B @ A
             return y
         a = self.dropout(x) @ _cast(self.lora_A, x).T  # (B, T, n*r), q,v at r=8: (B, T, 16)

@@ -51,12 +51,44 @@ def config_for(preset: str, **overrides) -> GPTConfig:
     return GPTConfig(**{**PRESETS[preset], **overrides})
 
 
+def _onednn_linear():
+    """oneDNN's linear (the op torch.compile's CPU backend calls), or None where this torch build lacks it."""
+    try:
+        return torch.ops.mkldnn._linear_pointwise if torch.backends.mkldnn.is_available() else None
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_ONEDNN_LINEAR = _onednn_linear()
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear; on CPU in fp32 with autograd off (decoding, evaluation) oneDNN runs it instead of MKL. For
+    GPT-2's matrices that reads the weights 1.5x faster for one row and 1.8x for ten (docs/benchmarks.md).
+    oneDNN's op has no backward, so training keeps F.linear."""
+    if (
+        _ONEDNN_LINEAR is not None
+        and not torch.is_grad_enabled()
+        and x.device.type == "cpu"
+        and x.dtype == weight.dtype == torch.float32
+    ):
+        return _ONEDNN_LINEAR(x, weight, bias, "none", [], "")
+    return F.linear(x, weight, bias)
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters and state dict) whose product goes through linear() above."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.n_head, self.dropout = cfg.n_head, cfg.dropout
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)  # q|k|v fused: C -> 3C
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.c_attn = Linear(cfg.n_embd, 3 * cfg.n_embd)  # q|k|v fused: C -> 3C
+        self.c_proj = Linear(cfg.n_embd, cfg.n_embd)
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x, mask=None, cache=None):
@@ -78,8 +110,8 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)
-        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
+        self.c_fc = Linear(cfg.n_embd, 4 * cfg.n_embd)
+        self.c_proj = Linear(4 * cfg.n_embd, cfg.n_embd)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x):
@@ -244,9 +276,8 @@ class GPT(nn.Module):
 
     # ---------------------------------------------------------------- generation
     def head_logits(self, h: torch.Tensor) -> torch.Tensor:
-        """lm_head for a few rows (B, C) -> (B, V), computed as W @ h^T and viewed back: for 10 rows MKL
-        runs that twice as fast as nn.Linear's h @ W^T (the n-samples decode step, docs/benchmarks.md)."""
-        return (self.lm_head.weight @ h.t()).t()
+        """The vocabulary projection of the last hidden states (B, C) -> (B, V) while decoding."""
+        return linear(h, self.lm_head.weight)
 
     @torch.no_grad()
     def generate_stream(

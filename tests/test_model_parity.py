@@ -134,3 +134,28 @@ def test_loss_with_no_target_is_zero_sum_and_trains_nothing(randomize):
     loss = model(idx, targets=torch.full((2, 8), IGNORE), reduction="sum")
     loss.backward()
     assert loss.item() == 0.0 and model.lm_head.weight.grad.abs().sum() == 0
+
+
+def test_linear_without_autograd_runs_onednn_and_equals_f_linear():
+    """model.gpt2.linear: oneDNN's product while decoding (autograd off, CPU, fp32), F.linear otherwise;
+    the same numbers either way, for 1 row, 10 rows and (B, T, C) inputs."""
+    import platform
+
+    from model.gpt2 import _ONEDNN_LINEAR, linear
+
+    if platform.machine() in ("x86_64", "AMD64"):
+        assert _ONEDNN_LINEAR is not None  # torch's x86 builds ship oneDNN: the fast path must be on
+    g = torch.Generator().manual_seed(0)
+    w, b = torch.randn(2304, 768, generator=g) * 0.02, torch.randn(2304, generator=g) * 0.02
+    for shape in [(1, 768), (10, 768), (2, 5, 768)]:
+        x = torch.randn(*shape, generator=g)
+        with torch.no_grad():
+            fast = linear(x, w, b)
+            bare = linear(x, w)
+        torch.testing.assert_close(fast, torch.nn.functional.linear(x, w, b), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(bare, x @ w.T, rtol=1e-5, atol=1e-5)
+    x = torch.randn(3, 768, generator=g, requires_grad=True)
+    y = linear(x, w, b)  # autograd on: F.linear, which has a backward
+    assert y.grad_fn is not None
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, w.sum(0).expand(3, -1), rtol=1e-5, atol=1e-5)
