@@ -68,6 +68,7 @@ class Spec:
     model: str = "gpt2"
     compile: bool = False
     threads: int = 0  # 0 = torch's default
+    seq_len: int = 256  # for the model FLOPs per token (MFU)
 
 
 # ------------------------------------------------------------------------------------------- the workers
@@ -156,7 +157,12 @@ def worker(conn, spec: Spec) -> None:
     try:
         t = time.perf_counter()
         model, step = (build_ours if spec.impl == "ours" else build_hf)(spec, device)
-        conn.send(dict(build_s=time.perf_counter() - t))
+        fpt = None
+        if spec.impl == "ours":
+            import train
+
+            fpt = train.flops_per_token(model, spec.seq_len)
+        conn.send(dict(build_s=time.perf_counter() - t, flops_per_token=fpt))
         while (msg := conn.recv()) is not None:
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in msg.items()}
             C.sync(device)
@@ -180,7 +186,8 @@ class Contender:
         self.proc = ctx.Process(target=worker, args=(child, spec), daemon=True)
         self.proc.start()
         child.close()  # only the worker holds that end now: if it dies, recv() raises instead of hanging
-        self.build_s = self._recv()["build_s"]
+        built = self._recv()
+        self.build_s, self.flops_per_token = built["build_s"], built["flops_per_token"]
         self.losses: list[float] = []
 
     def _recv(self) -> dict:
@@ -222,6 +229,11 @@ def bench_models(args, device: torch.device) -> str:
         names = [f"{q}-{dtypes[0]}" for q in QUICK]
     batch = random_batch(args.batch_size, args.seq_len)
     tokens = args.batch_size * args.seq_len
+    import train
+
+    # MFU's denominator, as train.py logs it: the GPU's table peak, or the best timed 1024^3 matmul on a CPU
+    peaks = {d: train.peak_tflops(device, torch.bfloat16 if d == "bf16" else torch.float32) * 1e12
+             for d in {CONFIGS[n][1] for n in names if n in CONFIGS}}  # fmt: skip
     rows = []
     for name in names:
         if name not in CONFIGS:
@@ -235,8 +247,10 @@ def bench_models(args, device: torch.device) -> str:
             model=args.model,
             compile=args.compile,
             threads=args.threads,
+            seq_len=args.seq_len,
         )
         pair = {"ours": Contender(spec), "HF": Contender(replace(spec, impl="hf"))}
+        fpt = pair["ours"].flops_per_token  # model FLOPs: the same for both sides
         times = C.interleave(
             {k: (lambda c=c: c.step(batch)) for k, c in pair.items()}, args.steps, args.warmup
         )
@@ -248,15 +262,18 @@ def bench_models(args, device: torch.device) -> str:
             what, dtype, f"{tps['ours']:,.0f}", f"{tps['HF']:,.0f}", f"**{tps['ours'] / tps['HF']:.2f}x**",
             C.mib(mem["ours"]["peak_bytes"]), C.mib(mem["HF"]["peak_bytes"]),
             f"{mem['ours']['peak_bytes'] / mem['HF']['peak_bytes']:.2f}",
+            f"{100 * tps['ours'] * fpt / peaks[dtype]:.0f}% / {100 * tps['HF'] * fpt / peaks[dtype]:.0f}%",
         ])  # fmt: skip
         steps = {k: [round(t, 2) for t in v] for k, v in times.items()}
         print(f"  {name}: ours {tps['ours']:.0f} tok/s, HF {tps['HF']:.0f} tok/s (steps s: {steps}; build s: "
               f"ours {pair['ours'].build_s:.1f}, HF {pair['HF'].build_s:.1f})", flush=True)  # fmt: skip
     header = ["training", "dtype", "ours tok/s", "HF+PEFT tok/s", "speed-up", "ours peak MiB", "HF peak MiB",
-              "memory ours/HF"]  # fmt: skip
+              "memory ours/HF", "MFU ours / HF"]  # fmt: skip
     return (
         f"Train step, GPT-2 {args.model} shapes, batch {args.batch_size} x {args.seq_len}, AdamW, "
-        f"median of {args.steps} steps after {args.warmup} warm-up, interleaved:\n\n"
+        f"median of {args.steps} steps after {args.warmup} warm-up, interleaved; MFU against "
+        + ", ".join(f"{d} {p / 1e12:.3g} TFLOP/s" for d, p in sorted(peaks.items()))
+        + f" ({'GPU table' if device.type == 'cuda' else 'best timed 1024^3 matmul'}):\n\n"
         + C.markdown_table(header, rows)
     )
 

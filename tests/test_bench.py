@@ -1,0 +1,44 @@
+"""The benchmark scripts run end to end on small shapes and print the tables the README carries (their
+speed is measured by running them, never asserted here)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """The body rows of the markdown table in `text`, cells stripped."""
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+
+
+def test_train_bench_prints_speed_memory_and_mfu_for_both_sides(capsys):
+    from bench.train import main
+
+    argv = ["--quick", "--model", "tiny", "--seq-len", "32", "--steps", "2", "--warmup", "1"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "MFU against fp32" in out and "torch 2.13.0" in out
+    rows = table_rows(out)
+    assert [r[0].split(" ")[0] for r in rows] == ["LoRA", "full"]
+    for r in rows:
+        ours, hf = (float(r[i].replace(",", "")) for i in (2, 3))
+        assert ours > 0 and hf > 0
+        assert float(r[4].strip("*x")) == pytest.approx(ours / hf, rel=0.05)  # tok/s are printed rounded
+        mfu = [float(m) for m in re.findall(r"([\d.]+)%", r[8])]
+        assert len(mfu) == 2 and all(0 < m <= 100 for m in mfu)
+
+
+def test_generate_bench_checks_greedy_ids_and_prints_both_workloads(capsys):
+    from bench.generate import main
+
+    n = 2
+    argv = ["--prompt-len", "4", "--new-tokens", "3", "--n", str(n), "--rounds", "1", "--warmup", "0"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "ours == HF: True" in out  # same weights, same greedy ids
+    rows = table_rows(out)
+    assert [r[0] for r in rows] == ["batch 1, greedy", f"{n} samples of 1 prompt (pass@k)"]
+    assert all(float(r[2]) > 0 and float(r[3]) > 0 for r in rows)
