@@ -244,7 +244,7 @@ class GPT(nn.Module):
         mask is an SDPA attention mask (B, 1, T, T), True = may attend (block-causal for packed rows)."""
         h = self.hidden(idx, pos=pos, mask=mask)  # (B, T, C)
         if targets is None:
-            return self.lm_head(h)  # (B, T, V)
+            return self.head_logits(h)  # (B, T, V)
         valid = targets != IGNORE
         if loss_mask is not None:
             valid &= loss_mask.bool()
@@ -276,7 +276,8 @@ class GPT(nn.Module):
 
     # ---------------------------------------------------------------- generation
     def head_logits(self, h: torch.Tensor) -> torch.Tensor:
-        """The vocabulary projection of the last hidden states (B, C) -> (B, V) while decoding."""
+        """The vocabulary projection (..., C) -> (..., V) where logits are wanted (decoding, evaluation); the
+        training loss projects only its targets, in its own layout (forward)."""
         return linear(h, self.lm_head.weight)
 
     @torch.no_grad()
