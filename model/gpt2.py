@@ -376,16 +376,16 @@ def sample(logits, temperature=0.0, top_k=0, top_p=1.0, generator=None):
     if top_k > 0:
         kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = logits.softmax(-1)  # (B, V)
+    probs = logits.softmax(-1)  # (B, V), a tensor of our own: the steps below edit it in place
     if top_p < 1.0:  # keep the smallest set of most likely ids whose mass reaches top_p (as HF)
         ascending = _sorted_values(probs)
         # ids are dropped from the unlikely end while the dropped mass stays <= 1 - top_p; one always stays
-        dropped = ascending.cumsum(-1, dtype=torch.float64) <= 1.0 - top_p
+        dropped = ascending.double().cumsum_(-1) <= 1.0 - top_p
         n_drop = dropped.sum(-1, keepdim=True).clamp_(max=probs.size(-1) - 1)
         probs.masked_fill_(probs < ascending.gather(-1, n_drop), 0.0)  # ties at the cut all stay
     # Inverse-CDF sampling: one uniform per row, looked up in the running sum (float64, so that tiny
     # probabilities keep their share). torch.multinomial draws an exponential per vocabulary entry instead.
-    cdf = probs.cumsum(-1, dtype=torch.float64)  # (B, V)
+    cdf = probs.double().cumsum_(-1)  # (B, V)
     total = cdf[:, -1:]
     u = torch.rand(total.shape, device=cdf.device, dtype=cdf.dtype, generator=generator) * total
     u = torch.minimum(u, total.nextafter(torch.zeros_like(total)))  # never the total itself (rounding)
