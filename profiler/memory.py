@@ -573,7 +573,7 @@ class MemoryConfig:
     lora_alpha: float = opt(16.0, "LoRA alpha")
     lora_targets: str = opt("q,v", "LoRA targets, as train.py takes them")
     batch_size: int = opt(8, "examples per micro-batch")
-    max_len: int = opt(512, "tokens per row (T)")
+    max_len: int | None = opt(None, "tokens per row (T); default min(512, the model's context)")
     pack: bool = opt(False, "packed rows with a block-causal mask")
     train_on_prompt: bool = opt(False, "every position a target (else --target-fraction of them)")
     target_fraction: float | None = opt(None, "share of positions with a target (default 0.6, 1.0 with "
@@ -592,15 +592,17 @@ def train_config(c: MemoryConfig):
     import train
 
     keep = {f.name for f in dataclasses.fields(train.TrainConfig)}
-    return train.TrainConfig(**{k: v for k, v in dataclasses.asdict(c).items() if k in keep})
+    kw = {k: v for k, v in dataclasses.asdict(c).items() if k in keep}
+    cfg = train.TrainConfig(**kw, init="random")  # memory never depends on the weights' values
+    train.validate(cfg)  # one sentence for bad settings; fills in --max-len's default as train.py does
+    return cfg
 
 
 def check(c: MemoryConfig) -> None:
-    import train
 
     if c.target_fraction is not None and not 0 < c.target_fraction <= 1:
         raise UsageError(f"--target-fraction {c.target_fraction} must be in (0, 1]")
-    train.validate(train_config(c))
+    train_config(c)  # validates
     if c.dtype == "fp16" and resolve(c)[0].type == "cpu":
         raise UsageError("--dtype fp16 needs a GPU (fp16 autocast on CPU is not supported); use bf16 or fp32")
 

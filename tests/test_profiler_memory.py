@@ -147,6 +147,13 @@ def test_cli_json_prints_components_in_bytes_for_a_model_this_machine_need_not_r
     assert all(k in text for k in COMPONENTS) and "GiB" in text
 
 
+def test_cli_needs_no_weights_and_defaults_max_len_to_the_model_context(capsys):
+    # tiny has no published weights and a 128-token context: the estimate needs neither weights nor a flag
+    assert main(["--model", "tiny", "--lora-rank", "8", "--batch-size", "2", "--json"]) == 0
+    est = json.loads(capsys.readouterr().out)
+    assert est["config"]["T"] == 128 and est["config"]["B"] == 2
+
+
 @pytest.mark.parametrize(
     "argv, says",
     [
