@@ -178,7 +178,8 @@ def worker(conn, spec: Spec) -> None:
 
 
 class Contender:
-    """A worker process seen from the parent: step(batch) -> seconds; close() -> peak memory."""
+    """A worker process seen from the parent: step(batch) -> seconds; close() -> peak memory.
+    Contender.start(specs) starts them all before waiting for any, so their imports and builds overlap."""
 
     def __init__(self, spec: Spec):
         ctx = mp.get_context("spawn")
@@ -186,9 +187,17 @@ class Contender:
         self.proc = ctx.Process(target=worker, args=(child, spec), daemon=True)
         self.proc.start()
         child.close()  # only the worker holds that end now: if it dies, recv() raises instead of hanging
+        self.losses: list[float] = []
+
+    def wait_built(self) -> Contender:
         built = self._recv()
         self.build_s, self.flops_per_token = built["build_s"], built["flops_per_token"]
-        self.losses: list[float] = []
+        return self
+
+    @staticmethod
+    def start(specs: dict[str, Spec]) -> dict[str, Contender]:
+        started = {k: Contender(s) for k, s in specs.items()}
+        return {k: c.wait_built() for k, c in started.items()}
 
     def _recv(self) -> dict:
         r = self.conn.recv()
@@ -249,7 +258,7 @@ def bench_models(args, device: torch.device) -> str:
             threads=args.threads,
             seq_len=args.seq_len,
         )
-        pair = {"ours": Contender(spec), "HF": Contender(replace(spec, impl="hf"))}
+        pair = Contender.start({"ours": spec, "HF": replace(spec, impl="hf")})
         fpt = pair["ours"].flops_per_token  # model FLOPs: the same for both sides
         times = C.interleave(
             {k: (lambda c=c: c.step(batch)) for k, c in pair.items()}, args.steps, args.warmup
@@ -320,8 +329,9 @@ def bench_corpus(args, device: torch.device) -> str:
 
     from data.loader import Batches
     from data.prepare import DataConfig, prepare
+    from model.gpt2 import config_for
 
-    L = 512
+    L = min(512, config_for(args.model).block_size)  # the study's pad length (less only for tiny shapes)
     ds = prepare(DataConfig(data="pysrc", max_len=L, cache_dir=args.cache_dir), splits=("train",))["train"]
     n = 16 if args.quick else args.examples
     sub = Subset(ds, np.random.default_rng(0).choice(len(ds), size=min(n, len(ds)), replace=False))
@@ -339,18 +349,20 @@ def bench_corpus(args, device: torch.device) -> str:
         "c_attn",
         auto_dtype(device) if args.dtypes == "auto" else args.dtypes,
         str(device),
+        model=args.model,
         compile=args.compile,
         threads=args.threads,
+        seq_len=L,
     )
     pipelines = {  # name -> (spec, batches)
-        "study: HF+PEFT, pad to 512, loss on every token": (spec, study),
-        "ours, pad to 512, loss on every token": (replace(spec, impl="ours"), study),
+        f"study: HF+PEFT, pad to {L}, loss on every token": (spec, study),
+        f"ours, pad to {L}, loss on every token": (replace(spec, impl="ours"), study),
         "ours, length-bucketed, loss on the code": (replace(spec, impl="ours"), ours_batches(False)),
         "ours, packed (block-causal), loss on the code": (replace(spec, impl="ours"), ours_batches(True)),
     }
     if args.quick:
-        del pipelines["ours, pad to 512, loss on every token"]
-    workers = {k: Contender(s) for k, (s, _) in pipelines.items()}
+        del pipelines[f"ours, pad to {L}, loss on every token"]
+    workers = Contender.start({k: s for k, (s, _) in pipelines.items()})
     for k, (_, batches) in pipelines.items():  # warm-up: one untimed step each
         workers[k].step(batches[0])
     seconds = {k: 0.0 for k in pipelines}

@@ -3,9 +3,15 @@ speed is measured by running them, never asserted here)."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def table_rows(text: str) -> list[list[str]]:
@@ -42,3 +48,22 @@ def test_generate_bench_checks_greedy_ids_and_prints_both_workloads(capsys):
     rows = table_rows(out)
     assert [r[0] for r in rows] == ["batch 1, greedy", f"{n} samples of 1 prompt (pass@k)"]
     assert all(float(r[2]) > 0 and float(r[3]) > 0 for r in rows)
+
+
+def test_gpu_script_runs_every_step_in_smoke_mode(tmp_path):
+    """bench/gpu.sh is what a session lent a GPU for a few minutes runs in one call: a renamed flag in any
+    CLI it drives must fail here, not there. --smoke runs the same commands on tiny shapes on the CPU."""
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "CACHE_DIR": str(tmp_path / "cache")}
+    env["TMPDIR"] = str(tmp_path)
+    cmd = ["bash", "bench/gpu.sh", "--smoke"]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    log = (out / "gpu.log").read_text()
+    summary = log[log.index("==== summary") :].splitlines()[1:]
+    assert [line.split()[0] for line in summary] == ["train-step", "generate", "memory", "corpus", "train-py"]
+    assert all(" rc=0 " in line for line in summary), log[-3000:]
+    assert done.returncode == 0
+    assert "MFU against fp32" in log and "vs study" in log and "ours == HF: True" in log
+    files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert {"gpu.log", "summary.json", "memory.json", "memory/memory_compare.md"} <= files
+    assert len(files) <= 8  # what one device call brings back

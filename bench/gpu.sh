@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Every GPU measurement the README waits for, in one command, so that a session lent a GPU for a few
+# minutes spends them measuring rather than typing: bench.train (fp32 and bf16 rows, MFU), the corpus
+# benchmark, bench.generate (fp32 and bf16 weights), the memory comparison with the CUDA allocator's
+# figures, a short train.py run on CUDA, and the train step under torch.compile. Under $OUT (or
+# bench-out/): gpu.log, memory/memory_compare.{md,json,png}, and the train.py run's summary.json and
+# memory.json (six files: a device call brings back eight at most).
+#
+#   bash bench/gpu.sh            # on a GPU machine; the step limits add up to 600 s, one device call
+#   bash bench/gpu.sh --smoke    # the same commands on tiny shapes on this CPU (tests/test_bench.py)
+#
+# Each step has its own time limit and a failed step does not stop the next; the log ends with one
+# "step  rc  seconds" line per step. Paste the tables into the README under the GPU's name (the log's
+# last line of each table says which GPU, torch and date).
+set -u
+out=${OUT:-bench-out}
+py=${PYTHON:-python3}
+cache=${CACHE_DIR:-.cache/data}  # the token cache train.py uses by default
+mkdir -p "$out"
+log="$out/gpu.log"
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+
+if [ "${1:-}" = --smoke ]; then
+    dev=cpu
+    train_args=(--model tiny --seq-len 32 --steps 2 --warmup 1 --configs lora-attn-fp32 --dtypes fp32)
+    corpus_args=(--model tiny --quick)
+    gen_args=(--prompt-len 4 --new-tokens 3 --n 2 --rounds 1 --warmup 0 --dtypes fp32)
+    mem_args=(--model tiny --ranks 8 --batch-size 2 --max-len 64)
+    run_args=(--model tiny --max-steps 3 --batch-size 2 --max-len 64)
+else
+    dev=cuda
+    train_args=(--model gpt2 --steps 20 --warmup 5 --dtypes fp32,bf16)
+    corpus_args=(--examples 64)
+    gen_args=(--dtypes fp32,bf16 --rounds 5)
+    mem_args=(--model gpt2 --ranks 1,8,64 --batch-size 8 --max-len 512)
+    run_args=(--model gpt2 --max-steps 60 --batch-size 8 --max-len 512)
+fi
+
+summary=()
+step() {  # step NAME SECONDS CMD...: run CMD with a time limit, its output into the log
+    local name=$1 limit=$2 t0=$SECONDS rc
+    shift 2
+    echo "==== $name: $*" | tee -a "$log"
+    timeout "$limit" "$@" >>"$log" 2>&1
+    rc=$?
+    summary+=("$name  rc=$rc  $((SECONDS - t0))s")
+    echo "==== $name: rc=$rc after $((SECONDS - t0)) s" | tee -a "$log"
+}
+
+{
+    date -u
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"
+    "$py" -c "import sys, torch, transformers, peft; print(sys.version.split()[0], torch.__version__,
+torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU', transformers.__version__,
+peft.__version__)"
+} >"$log" 2>&1
+
+# Most wanted first: a call cut short at its time limit still brings back what the log holds so far.
+step train-step 180 "$py" -m bench.train --device "$dev" "${train_args[@]}"
+step generate 120 "$py" -m bench.generate --device "$dev" "${gen_args[@]}"
+step memory 60 "$py" -m profiler.memory --device "$dev" --compare "${mem_args[@]}" --out-dir "$out/memory"
+step corpus 90 "$py" -m bench.train --device "$dev" --corpus --cache-dir "$cache" "${corpus_args[@]}"
+run_dir=${TMPDIR:-/tmp}/gpu-sh-run  # a run folder holds more files than a device call brings back
+step train-py 60 "$py" train.py --device "$dev" --init random --lora-rank 8 --data pysrc --cache-dir "$cache" \
+    --eval-every 0 --save-every 0 --profile-memory --out-dir "$run_dir" --overwrite "${run_args[@]}"
+cp "$run_dir/summary.json" "$run_dir/memory.json" "$out/" 2>>"$log"
+if [ "$dev" = cuda ]; then  # compiling takes minutes on a small CPU: GPU only
+    step train-compile 90 "$py" -m bench.train --device cuda --quick --compile --steps 20 --warmup 5
+fi
+
+printf '%s\n' "==== summary" "${summary[@]}" | tee -a "$log"
