@@ -122,17 +122,17 @@ class TrainConfig:
     dry_run: bool = opt(False, "build everything, print the plan and memory estimate, train nothing")
 
 
-GPU_PEAK_TFLOPS = {
-    "H100": 989.0,
-    "H200": 989.0,
-    "A100": 312.0,
-    "L4": 121.0,
-    "A10": 125.0,
-    "V100": 125.0,
-    "T4": 65.0,
-    "4090": 165.0,
-    "3090": 71.0,
-}  # dense bf16/fp16 tensor-core peaks
+GPU_PEAK_TFLOPS = {  # name: (dense bf16/fp16 tensor-core peak, plain fp32 peak), from the vendors' sheets
+    "H100": (989.0, 67.0),
+    "H200": (989.0, 67.0),
+    "A100": (312.0, 19.5),
+    "L4": (121.0, 30.3),
+    "A10": (125.0, 31.2),
+    "V100": (125.0, 15.7),
+    "T4": (65.0, 8.1),
+    "4090": (165.0, 82.6),
+    "3090": (71.0, 35.6),
+}
 DATA_FIELDS = (
     "data",
     "data_files",
@@ -749,12 +749,30 @@ def truncate_metrics(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(r + "\n" for r in rows))
 
 
+def cuda_tf32() -> bool:
+    """Whether fp32 CUDA matmuls may use TF32, however it was switched on: set_float32_matmul_precision,
+    the fp32_precision flags, or the older allow_tf32 (which raises if read after the newer API was used)."""
+    matmul = torch.backends.cuda.matmul
+    precision = getattr(matmul, "fp32_precision", None)  # torch >= 2.9
+    if precision is None:
+        return bool(matmul.allow_tf32)
+    if precision == "none":  # inherits the global setting
+        precision = getattr(torch.backends, "fp32_precision", "ieee")
+    return precision == "tf32"
+
+
 def peak_tflops(device: torch.device, dtype: torch.dtype) -> float:
+    """The TFLOP/s MFU is read against: a GPU's table peak for the dtype, or a timed matmul on a CPU."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        for key, v in GPU_PEAK_TFLOPS.items():
+        for key, (half, fp32) in GPU_PEAK_TFLOPS.items():
             if key in name:
-                return v if dtype != torch.float32 else v / 2
+                if dtype != torch.float32:
+                    return half
+                # fp32 matmuls reach the tensor cores (TF32, half the bf16 rate) only where torch allows
+                # TF32 (off by default) on Ampere or newer; otherwise they run on the plain fp32 units.
+                ampere = torch.cuda.get_device_capability(device)[0] >= 8
+                return half / 2 if cuda_tf32() and ampere else fp32
         return 100.0
     return measure_cpu_peak_tflops(dtype)
 

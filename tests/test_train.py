@@ -77,6 +77,28 @@ def losses(run: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in rows if "loss" in r]
 
 
+@pytest.mark.parametrize(
+    "name, capability, tf32, bf16, fp32",
+    [
+        ("NVIDIA H100 80GB HBM3", (9, 0), False, 989.0, 67.0),  # fp32 without TF32: the plain fp32 units
+        ("NVIDIA H100 80GB HBM3", (9, 0), True, 989.0, 494.5),  # TF32 allowed: half the bf16 tensor rate
+        ("Tesla V100-SXM2-16GB", (7, 0), True, 125.0, 15.7),  # no TF32 before Ampere, whatever the flag
+    ],
+)
+def test_gpu_peak_for_mfu_follows_the_dtype_and_tf32(monkeypatch, name, capability, tf32, bf16, fp32):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")  # what users call to allow TF32
+    try:
+        assert train.cuda_tf32() is tf32
+        gpu = torch.device("cuda")
+        assert train.peak_tflops(gpu, torch.bfloat16) == bf16
+        assert train.peak_tflops(gpu, torch.float32) == fp32
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
 def test_get_lr_warms_up_then_decays_to_the_floor():
     lrs = [train.get_lr(s, 1.0, warmup=10, total=100, min_ratio=0.1) for s in range(101)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
