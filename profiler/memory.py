@@ -599,7 +599,6 @@ def train_config(c: MemoryConfig):
 
 
 def check(c: MemoryConfig) -> None:
-
     if c.target_fraction is not None and not 0 < c.target_fraction <= 1:
         raise UsageError(f"--target-fraction {c.target_fraction} must be in (0, 1]")
     train_config(c)  # validates
