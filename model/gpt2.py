@@ -293,7 +293,7 @@ class GPT(nn.Module):
         should_stop: Callable[[int, list[int]], bool] | None = None,
         generator: torch.Generator | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (next ids (B*n,), still-running (B*n,) bool) once per new token.
+        """Yield (next ids (B*n,), still-running (B*n,) bool, on the CPU) once per new token.
 
         Prompts of different lengths are left-padded; each row gets its own positions and a key mask, so
         a row's ids equal those of the same prompt run alone. temperature 0 is greedy. Row b*n + j is
@@ -337,13 +337,14 @@ class GPT(nn.Module):
                 c.repeat_rows(n)
             logits, keep, pos = (t.repeat_interleave(n, dim=0) for t in (logits, keep, pos))
         next_pos = pos[:, -1:] + 1  # (B*n, 1)
-        running = torch.ones(logits.size(0), dtype=torch.bool, device=dev)
+        running = torch.ones(logits.size(0), dtype=torch.bool)  # on the CPU: read every step
         new_ids: list[list[int]] = [[] for _ in range(logits.size(0))]
         for step in range(max_new_tokens):
             nxt = sample(logits, temperature, top_k, top_p, generator)  # (B*n,)
+            ids = nxt.tolist()  # one read from the device per step, not one per row
             for r in running.nonzero().flatten().tolist():
-                new_ids[r].append(int(nxt[r]))
-                if (eos is not None and int(nxt[r]) == eos) or (should_stop and should_stop(r, new_ids[r])):
+                new_ids[r].append(ids[r])
+                if (eos is not None and ids[r] == eos) or (should_stop and should_stop(r, new_ids[r])):
                     running[r] = False
             yield nxt, running.clone()
             if not running.any() or step == max_new_tokens - 1:
@@ -359,11 +360,12 @@ class GPT(nn.Module):
         """New ids per row (B*n rows), each ending at eos / where the stop condition fired."""
         rows, was_running = [], []
         for nxt, running in self.generate_stream(prompts, **kw):
+            ids = nxt.tolist()
             if not rows:
-                rows, was_running = [[] for _ in range(nxt.numel())], [True] * nxt.numel()
+                rows, was_running = [[] for _ in ids], [True] * len(ids)
             for r, on in enumerate(was_running):
                 if on:
-                    rows[r].append(int(nxt[r]))
+                    rows[r].append(ids[r])
             was_running = running.tolist()
         return rows
 
