@@ -71,17 +71,17 @@ peft.__version__)"
 } >"$log" 2>&1
 
 # Most wanted first: a call cut short at its time limit still brings back what the log holds so far.
-step train-step 170 "$py" -m bench.train --device "$dev" "${train_args[@]}"
-step generate 110 "$py" -m bench.generate --device "$dev" "${gen_args[@]}"
-step memory 80 "$py" -m profiler.memory --device "$dev" --compare "${mem_args[@]}" --out-dir "$out/memory"
-step corpus 70 "$py" -m bench.train --device "$dev" --corpus --cache-dir "$cache" "${corpus_args[@]}"
+step train-step 150 "$py" -m bench.train --device "$dev" "${train_args[@]}"
+step generate 100 "$py" -m bench.generate --device "$dev" "${gen_args[@]}"
+step memory 70 "$py" -m profiler.memory --device "$dev" --compare "${mem_args[@]}" --out-dir "$out/memory"
+step corpus 60 "$py" -m bench.train --device "$dev" --corpus --cache-dir "$cache" "${corpus_args[@]}"
 run_dir=${TMPDIR:-/tmp}/gpu-sh-run  # a run folder holds more files than a device call brings back
 rm -rf "$run_dir"  # so that only this call's run is copied out
-step train-py 80 "$py" train.py --device "$dev" --init random --lora-rank 8 --data pysrc --cache-dir "$cache" \
+step train-py 50 "$py" train.py --device "$dev" --init random --lora-rank 8 --data pysrc --cache-dir "$cache" \
     --eval-every 0 --save-every 0 --profile-memory --out-dir "$run_dir" --overwrite "${run_args[@]}"
 [ -d "$run_dir" ] && cp "$run_dir/summary.json" "$run_dir/memory.json" "$out/" 2>>"$log"
 if [ "$dev" = cuda ]; then  # compiling takes minutes on a small CPU: GPU only
-    step train-compile 90 "$py" -m bench.train --device cuda --quick --compile --steps 20 --warmup 5
+    step train-compile 170 "$py" -m bench.train --device cuda --quick --compile --steps 20 --warmup 5
 fi
 
 printf '%s\n' "==== summary" "${summary[@]}" | tee -a "$log"

@@ -11,12 +11,14 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 IGNORE = -100  # target id that carries no loss (same convention as HF)
@@ -74,6 +76,25 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     ):
         return _ONEDNN_LINEAR(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
+
+
+# On a GPU, attention runs on the flash or memory-efficient kernels, never cuDNN's. torch tries cuDNN first
+# on Hopper, and cuDNN builds a plan for every new shape: on an H100 a bucketed batch of a new length took
+# ~200 ms instead of ~25, and a packed batch with its mask ~2 s. Bucketed and packed batches change shape
+# at almost every step (docs/benchmarks.md).
+ATTENTION_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def attention_backends(device: torch.device):
+    """The context the blocks run in: ATTENTION_BACKENDS on a GPU; nothing to choose on a CPU."""
+    return sdpa_kernel(ATTENTION_BACKENDS) if device.type == "cuda" else nullcontext()
+
+
+def _checkpointed(block: nn.Module, x, mask, cache):
+    """A block under activation checkpointing: its recompute runs during backward, outside hidden()'s
+    context, so it enters the context itself."""
+    with attention_backends(x.device):
+        return block(x, mask, cache)
 
 
 class Linear(nn.Linear):
@@ -229,12 +250,13 @@ class GPT(nn.Module):
                 f"sequence reaches position {last}, past the context of {self.config.block_size} tokens"
             )
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
-        for i, block in enumerate(self.transformer.h):
-            cache = caches[i] if caches else None
-            if self.grad_checkpoint and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, mask, cache, use_reentrant=False)
-            else:
-                x = block(x, mask, cache)
+        with attention_backends(x.device):
+            for i, block in enumerate(self.transformer.h):
+                cache = caches[i] if caches else None
+                if self.grad_checkpoint and self.training and torch.is_grad_enabled():
+                    x = checkpoint(_checkpointed, block, x, mask, cache, use_reentrant=False)
+                else:
+                    x = block(x, mask, cache)
         return self.transformer.ln_f(x)
 
     def forward(self, idx, targets=None, loss_mask=None, pos=None, mask=None, reduction="mean"):

@@ -159,3 +159,35 @@ def test_linear_without_autograd_runs_onednn_and_equals_f_linear():
     assert y.grad_fn is not None
     y.sum().backward()
     torch.testing.assert_close(x.grad, w.sum(0).expand(3, -1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_attention_runs_without_cudnn_on_a_gpu_recompute_included(monkeypatch, checkpointing):
+    """On a GPU every attention call runs with cuDNN's attention off: cuDNN plans per shape, ~200 ms for
+    each new batch length on an H100 (docs/benchmarks.md). That holds for the recompute of a checkpointed
+    block in backward too, which runs outside hidden(). Checked here by sending the CPU through the GPU
+    branch of attention_backends and reading the flag inside every SDPA call."""
+    import torch.nn.functional as F
+
+    import model.gpt2 as M
+
+    seen, sdpa, real = [], F.scaled_dot_product_attention, M.attention_backends
+
+    def spy(*a, **k):
+        seen.append(torch.backends.cuda.cudnn_sdp_enabled())
+        return sdpa(*a, **k)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    monkeypatch.setattr(M, "attention_backends", lambda device: M.sdpa_kernel(M.ATTENTION_BACKENDS))
+    torch.manual_seed(0)
+    model = GPT(M.config_for("tiny")).train()
+    model.grad_checkpoint = checkpointing
+    idx = torch.randint(0, model.config.vocab_size, (2, 16))
+    model(idx, targets=idx).backward()
+    n = model.config.n_layer
+    assert seen == [False] * (2 * n if checkpointing else n)  # forward, + the recompute when checkpointing
+    assert torch.backends.cuda.cudnn_sdp_enabled()  # the setting outside is left as it was
+    with real(torch.device("cpu")):  # nothing to choose on a CPU
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+    with real(torch.device("cuda")):  # a GPU: everything but cuDNN
+        assert not torch.backends.cuda.cudnn_sdp_enabled() and torch.backends.cuda.flash_sdp_enabled()
