@@ -2,9 +2,11 @@
 # Every GPU measurement the README waits for, in one command, so that a session lent a GPU for a few
 # minutes spends them measuring rather than typing: bench.train (fp32 and bf16 rows, MFU), the corpus
 # benchmark, bench.generate (fp32 and bf16 weights), the memory comparison with the CUDA allocator's
-# figures, a short train.py run on CUDA, and the train step under torch.compile. Under $OUT (or
-# bench-out/): gpu.log, memory/memory_compare.{md,json,png}, and the train.py run's summary.json and
-# memory.json (six files: a device call brings back eight at most).
+# figures, a short train.py run on CUDA, what a new batch shape costs (bench.shapes, with and without
+# cuDNN attention), and the train step under torch.compile. Under $OUT (or bench-out/): gpu.log,
+# memory/memory_compare.{md,json,png}, and the train.py run's summary.json and memory.json (six files: a
+# device call brings back eight at most). On an H100 (2026-11-26) the steps took 122, 74, 50, 47 and 31 s
+# in this order, bench.shapes ~25 s; --compile did not finish its two rows in 90 s, hence its 165.
 #
 #   bash bench/gpu.sh            # on a GPU machine; the step limits add up to 600 s, one device call
 #   bash bench/gpu.sh --smoke    # the same commands on tiny shapes on this CPU (tests/test_bench.py)
@@ -33,6 +35,7 @@ if [ "${1:-}" = --smoke ]; then
     gen_args=(--prompt-len 4 --new-tokens 3 --n 2 --rounds 1 --warmup 0 --dtypes fp32)
     mem_args=(--model tiny --ranks 8 --batch-size 2 --max-len 64)
     run_args=(--model tiny --max-steps 3 --batch-size 2 --max-len 64)
+    shapes_args=(--model tiny --examples 8)
 else
     dev=cuda
     train_args=(--model gpt2 --steps 20 --warmup 5 --dtypes fp32,bf16)
@@ -40,9 +43,10 @@ else
     gen_args=(--dtypes fp32,bf16 --rounds 5)
     mem_args=(--model gpt2 --ranks 1,8,64 --batch-size 8 --max-len 512)
     run_args=(--model gpt2 --max-steps 60 --batch-size 8 --max-len 512)
+    shapes_args=(--model gpt2 --examples 64)
 fi
 
-only=",${GPU_STEPS:-train-step,generate,memory,corpus,train-py,train-compile},"  # which steps run
+only=",${GPU_STEPS:-train-step,generate,memory,corpus,train-py,shapes,shapes-cudnn,train-compile},"  # which steps run
 summary=()
 step() {  # step NAME SECONDS CMD...: run CMD with a time limit, its output into the log
     local name=$1 limit=$2 t0=$SECONDS rc
@@ -71,17 +75,19 @@ peft.__version__)"
 } >"$log" 2>&1
 
 # Most wanted first: a call cut short at its time limit still brings back what the log holds so far.
-step train-step 150 "$py" -m bench.train --device "$dev" "${train_args[@]}"
-step generate 100 "$py" -m bench.generate --device "$dev" "${gen_args[@]}"
-step memory 70 "$py" -m profiler.memory --device "$dev" --compare "${mem_args[@]}" --out-dir "$out/memory"
-step corpus 60 "$py" -m bench.train --device "$dev" --corpus --cache-dir "$cache" "${corpus_args[@]}"
+step train-step 140 "$py" -m bench.train --device "$dev" "${train_args[@]}"
+step generate 85 "$py" -m bench.generate --device "$dev" "${gen_args[@]}"
+step memory 60 "$py" -m profiler.memory --device "$dev" --compare "${mem_args[@]}" --out-dir "$out/memory"
+step corpus 50 "$py" -m bench.train --device "$dev" --corpus --cache-dir "$cache" "${corpus_args[@]}"
 run_dir=${TMPDIR:-/tmp}/gpu-sh-run  # a run folder holds more files than a device call brings back
 rm -rf "$run_dir"  # so that only this call's run is copied out
-step train-py 50 "$py" train.py --device "$dev" --init random --lora-rank 8 --data pysrc --cache-dir "$cache" \
+step train-py 40 "$py" train.py --device "$dev" --init random --lora-rank 8 --data pysrc --cache-dir "$cache" \
     --eval-every 0 --save-every 0 --profile-memory --out-dir "$run_dir" --overwrite "${run_args[@]}"
 [ -d "$run_dir" ] && cp "$run_dir/summary.json" "$run_dir/memory.json" "$out/" 2>>"$log"
+step shapes 30 "$py" -m bench.shapes --device "$dev" --cache-dir "$cache" "${shapes_args[@]}"
+step shapes-cudnn 30 "$py" -m bench.shapes --device "$dev" --cache-dir "$cache" --cudnn-attention "${shapes_args[@]}"
 if [ "$dev" = cuda ]; then  # compiling takes minutes on a small CPU: GPU only
-    step train-compile 170 "$py" -m bench.train --device cuda --quick --compile --steps 20 --warmup 5
+    step train-compile 165 "$py" -m bench.train --device cuda --quick --compile --steps 20 --warmup 5
 fi
 
 printf '%s\n' "==== summary" "${summary[@]}" | tee -a "$log"

@@ -60,10 +60,31 @@ def test_gpu_script_runs_every_step_in_smoke_mode(tmp_path):
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     log = (out / "gpu.log").read_text()
     summary = log[log.index("==== summary") :].splitlines()[1:]
-    assert [line.split()[0] for line in summary] == ["train-step", "generate", "memory", "corpus", "train-py"]
+    assert [line.split()[0] for line in summary] == [
+        "train-step", "generate", "memory", "corpus", "train-py", "shapes", "shapes-cudnn"
+    ]  # fmt: skip
     assert all(" rc=0 " in line for line in summary), log[-3000:]
     assert done.returncode == 0
     assert "MFU against fp32" in log and "vs study" in log and "ours == HF: True" in log
     files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
     assert {"gpu.log", "summary.json", "memory.json", "memory/memory_compare.md"} <= files
     assert len(files) <= 8  # what one device call brings back
+
+
+@pytest.mark.parametrize("cudnn", [False, True])
+def test_shapes_bench_times_first_and_second_pass_and_restores_the_attention_choice(capsys, tmp_path, cudnn):
+    import model.gpt2 as M
+    from bench.shapes import main
+
+    chosen = M.attention_backends
+    argv = ["--model", "tiny", "--examples", "8", "--cache-dir", str(tmp_path)]
+    argv += ["--cudnn-attention"] if cudnn else []
+    assert main(argv) == 0
+    assert M.attention_backends is chosen  # --cudnn-attention lasts for the run only
+    out = capsys.readouterr().out
+    assert ("torch's own backend order" in out) == cudnn
+    rows = table_rows(out)
+    assert [r[0] for r in rows] == ["pad to 128", "length-bucketed", "packed (block-causal)"]
+    for r in rows:
+        assert int(r[1]) >= 1 and 1 <= int(r[2]) <= int(r[1]) and float(r[3]) > 0 and float(r[4]) > 0
+    assert rows[0][2] == "1"  # padding to the context: one shape
