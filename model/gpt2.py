@@ -174,23 +174,27 @@ class KVCache:
 
 
 class _CrossEntropyVN(torch.autograd.Function):
-    """Per-target cross-entropy over fp32 logits laid out (V, N). The forward keeps softmax rather than
-    log-probs, so the backward is a single in-place pass over it: (softmax - one_hot) * grad."""
+    """Per-target cross-entropy over logits laid out (V, N), computed in fp32. The forward keeps softmax
+    rather than log-probs, so the backward is a single in-place pass over it: (softmax - one_hot) * grad."""
 
     @staticmethod
-    def forward(ctx, logits_t, targets):  # (V, N) float32, (N,) int64 -> (N,)
-        top = logits_t.amax(0)  # (N,)
-        probs = torch.sub(logits_t, top).exp_()  # (V, N), unnormalized
+    def forward(ctx, logits_t, targets):  # (V, N) any float dtype, (N,) int64 -> (N,) float32
+        x = logits_t.float()
+        top = x.amax(0)  # (N,)
+        shifted = x.gather(0, targets[None])[0] - top  # logit of the target, minus the max
+        # bf16 logits: x is our own fp32 copy, so softmax overwrites it (one (V, N) fp32 buffer, not two)
+        probs = (x.sub_(top) if x is not logits_t else torch.sub(x, top)).exp_()  # (V, N), unnormalized
         total = probs.sum(0)  # (N,)
-        losses = total.log() + top - logits_t.gather(0, targets[None])[0]  # logsumexp - logit of target
+        losses = total.log() - shifted  # logsumexp - logit of the target
         ctx.save_for_backward(probs.div_(total), targets)
+        ctx.logits_dtype = logits_t.dtype
         return losses
 
     @staticmethod
     def backward(ctx, grad):  # grad (N,) -> d logits_t (V, N); a second backward would be refused
         probs, targets = ctx.saved_tensors
         probs.scatter_add_(0, targets[None], probs.new_full((1, targets.numel()), -1.0))
-        return probs.mul_(grad), None
+        return probs.mul_(grad).to(ctx.logits_dtype), None
 
 
 class TargetCrossEntropy(nn.Module):
@@ -202,7 +206,7 @@ class TargetCrossEntropy(nn.Module):
     Same values as F.cross_entropy(logits_t.t(), targets, reduction="none")."""
 
     def forward(self, logits_t: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return _CrossEntropyVN.apply(logits_t.float(), targets)
+        return _CrossEntropyVN.apply(logits_t, targets)
 
 
 class GPT(nn.Module):

@@ -206,7 +206,9 @@ def estimate(cfg, B: int | None = None, T: int | None = None, n_targets: int | N
         logits=scopes["logits"],
     )
     V = model.config.vocab_size
-    transient = N * V * (4 + (0 if amp is None else 2))  # at the loss: the logits and their fp32 copy
+    # At the loss, beside the fp32 softmax it keeps (the logits component): the logits it was given, fp32
+    # or (autocast) bf16/fp16, whose fp32 copy becomes that softmax in place.
+    transient = N * V * (4 if amp is None else 2)
     return dict(
         components=comp,
         total=sum(comp.values()),

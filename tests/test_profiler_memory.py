@@ -200,3 +200,35 @@ def test_compare_writes_a_markdown_table_and_a_chart(tmp_path):
     runs = json.loads((tmp_path / "memory_compare.json").read_text())
     full, lora = runs["full"]["measured"]["components"], runs["lora2"]["measured"]["components"]
     assert lora["optimizer"] < full["optimizer"] / 100 and lora["params_frozen"] == full["params_trainable"]
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_the_loss_holds_one_fp32_buffer_beside_its_input_as_the_estimate_says(dtype):
+    """At the loss the step's memory grows by the fp32 softmax it keeps (the logits component) and nothing
+    else of that size: bf16 logits under autocast are copied to fp32 once, and that copy becomes the softmax
+    in place. Peak RSS of a fresh process, before and during the loss on (V, N) = (50257, 2048) logits."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    V, N = 50257, 2048
+    code = f"""
+import resource, torch
+from model.gpt2 import TargetCrossEntropy
+g = torch.Generator().manual_seed(0)
+logits = torch.randn({V}, {N}, generator=g, dtype=torch.{dtype}).requires_grad_()
+targets = torch.randint(0, {V}, ({N},), generator=g)
+kib0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+loss = TargetCrossEntropy()(logits, targets).mean()
+kib1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+loss.backward()
+assert logits.grad.dtype == logits.dtype
+print((kib1 - kib0) * 1024)
+"""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    grown = int(done.stdout.split()[-1])
+    softmax = V * N * 4  # the logits component, fp32
+    mib = f"grew {grown / 2**20:.0f} MiB, the softmax is {softmax / 2**20:.0f} MiB"
+    assert 0.9 * softmax < grown < 1.25 * softmax, mib
