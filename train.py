@@ -232,9 +232,22 @@ def memory_bytes(device: torch.device) -> int:
     """Peak memory so far: CUDA allocator peak, or the process's peak RSS on CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
+    return peak_rss_bytes()
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size: Linux's VmHWM. Not getrusage's ru_maxrss, which a process
+    inherits from its parent across fork + exec: a worker started by a 1.5 GB parent reads 1.5 GB."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # no /proc: the best there is
 
 
 # ------------------------------------------------------------------------------------------- run folder

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -88,11 +87,6 @@ def rss_bytes() -> int:
     """Resident set size now (Linux), the baseline a peak is measured from."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:

@@ -173,7 +173,9 @@ def worker(conn, spec: Spec) -> None:
     except Exception as e:  # the parent is waiting on the pipe: tell it, rather than leave it hanging
         conn.send(dict(error=f"{spec.impl} worker: {type(e).__name__}: {e}"))
         raise
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else C.peak_rss_bytes() - base
+    import train
+
+    peak = train.memory_bytes(device) - (base if device.type == "cpu" else 0)
     conn.send(dict(peak_bytes=peak, trainable=sum(p.numel() for p in model.parameters() if p.requires_grad)))
 
 

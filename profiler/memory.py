@@ -337,9 +337,11 @@ def heap_in_use() -> int | None:
 
 def rss_bytes() -> tuple[int, int]:
     """(current, process peak) resident set size."""
+    import train
+
     with open("/proc/self/statm") as f:
         current = int(f.read().split()[1]) * resource.getpagesize()
-    return current, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: ru_maxrss in KiB
+    return current, train.peak_rss_bytes()
 
 
 class PhaseMeter:
@@ -368,7 +370,7 @@ class PhaseMeter:
             rss, peak = rss_bytes()
             row = dict(
                 heap_at_end=heap_in_use(), rss_at_end=rss, peak_rss_so_far=peak,
-                how="glibc mallinfo2 heap in use at the phase end; /proc/self/statm RSS; getrusage peak RSS "
+                how="glibc mallinfo2 heap in use at the phase end; /proc/self/statm RSS; VmHWM peak RSS "
                 "(whole process, since it started)",
             )  # fmt: skip
         self.phases[self.current] = row
@@ -677,7 +679,7 @@ def write_comparison(out: Path, c: MemoryConfig, results: list[tuple[int, dict]]
     device = first["device"]
     b = first["batch"]
     dtype = results[0][1]["predicted"]["config"]["dtype"]
-    pk = "CUDA max_memory_allocated over the step" if device != "cpu" else "process peak RSS (getrusage)"
+    pk = "CUDA max_memory_allocated over the step" if device != "cpu" else "process peak RSS (VmHWM)"
     note = (
         f"\n{c.model}, B={b['B']} T={b['T']} ({b['n_targets']} targets), {dtype}"
         f"{', packed' if c.pack else ''}{', grad checkpoint' if c.grad_checkpoint else ''}, AdamW; measured "

@@ -411,3 +411,19 @@ def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0)
+
+
+def test_peak_rss_is_the_process_own_not_inherited_from_its_parent():
+    """train.peak_rss_bytes (train.py's CPU memory, the profiler's and the benchmarks' peaks) reads this
+    process's own high-water mark: getrusage's ru_maxrss would hand a child its parent's peak, so a
+    profiler subprocess started by a big process would report the parent's memory."""
+    big = bytearray(1536 * 2**20)
+    big[::4096] = b"\x01" * len(big[::4096])  # touch every page: 1.5 GiB resident in this process
+    code = "import resource, train; print(train.peak_rss_bytes(), resource.getrusage(0).ru_maxrss)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    del big
+    assert done.returncode == 0, done.stderr[-2000:]
+    own, inherited_kib = (int(v) for v in done.stdout.split())
+    assert inherited_kib * 1024 >= 1536 * 2**20  # what ru_maxrss says: the parent's peak (the trap)
+    assert own < 1024 * 2**20  # the child imported torch and train, well under the parent's 1.5 GiB
