@@ -6,7 +6,7 @@
 # cuDNN attention), and the train step under torch.compile. Under $OUT (or bench-out/): gpu.log,
 # memory/memory_compare.{md,json,png}, and the train.py run's summary.json and memory.json (six files: a
 # device call brings back eight at most). On an H100 (2026-11-26) the steps took 122, 74, 50, 47 and 31 s
-# in this order, bench.shapes ~25 s; --compile did not finish its two rows in 90 s, hence its 165.
+# in this order, bench.shapes ~25 s; --compile did not finish its two rows in 90 s, hence its 155.
 #
 #   bash bench/gpu.sh            # on a GPU machine; the step limits add up to 600 s, one device call
 #   bash bench/gpu.sh --smoke    # the same commands on tiny shapes on this CPU (tests/test_bench.py)
@@ -38,7 +38,7 @@ if [ "${1:-}" = --smoke ]; then
     shapes_args=(--model tiny --examples 8)
 else
     dev=cuda
-    train_args=(--model gpt2 --steps 20 --warmup 5 --dtypes fp32,bf16)
+    train_args=(--model gpt2 --steps 50 --warmup 10 --dtypes fp32,bf16)  # host-bound steps: medians of 50
     corpus_args=(--examples 64)
     gen_args=(--dtypes fp32,bf16 --rounds 5)
     mem_args=(--model gpt2 --ranks 1,8,64 --batch-size 8 --max-len 512)
@@ -75,7 +75,7 @@ peft.__version__)"
 } >"$log" 2>&1
 
 # Most wanted first: a call cut short at its time limit still brings back what the log holds so far.
-step train-step 140 "$py" -m bench.train --device "$dev" "${train_args[@]}"
+step train-step 150 "$py" -m bench.train --device "$dev" "${train_args[@]}"
 step generate 85 "$py" -m bench.generate --device "$dev" "${gen_args[@]}"
 step memory 60 "$py" -m profiler.memory --device "$dev" --compare "${mem_args[@]}" --out-dir "$out/memory"
 step corpus 50 "$py" -m bench.train --device "$dev" --corpus --cache-dir "$cache" "${corpus_args[@]}"
@@ -87,7 +87,7 @@ step train-py 40 "$py" train.py --device "$dev" --init random --lora-rank 8 --da
 step shapes 30 "$py" -m bench.shapes --device "$dev" --cache-dir "$cache" "${shapes_args[@]}"
 step shapes-cudnn 30 "$py" -m bench.shapes --device "$dev" --cache-dir "$cache" --cudnn-attention "${shapes_args[@]}"
 if [ "$dev" = cuda ]; then  # compiling takes minutes on a small CPU: GPU only
-    step train-compile 165 "$py" -m bench.train --device cuda --quick --compile --steps 20 --warmup 5
+    step train-compile 155 "$py" -m bench.train --device cuda --quick --compile --steps 20 --warmup 5
 fi
 
 printf '%s\n' "==== summary" "${summary[@]}" | tee -a "$log"
