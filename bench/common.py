@@ -6,6 +6,7 @@ ours ...) in one run, drops warm-up rounds, and reports medians and the ratio be
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import platform
@@ -14,6 +15,21 @@ import time
 from collections.abc import Callable
 
 import torch
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts and sizes: an integer >= 1, else argparse's one-line usage error."""
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be >= 1")
+    return n
+
+
+def model_option(parser: argparse.ArgumentParser) -> None:
+    """--model, one of model.gpt2's presets (the benchmarks use their shapes, with random weights)."""
+    from model.gpt2 import PRESETS
+
+    parser.add_argument("--model", default="gpt2", choices=list(PRESETS), help="model preset (shapes only)")
 
 
 def cpu_model() -> str:

@@ -25,9 +25,11 @@ from bench.train import Spec, Subset, auto_dtype, build_ours, study_batch
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench.shapes", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--model", default="gpt2", help="model preset (shapes only; weights are random)")
-    p.add_argument("--examples", type=int, default=64, help="random training examples of the corpus")
-    p.add_argument("--batch-size", type=int, default=4)
+    C.model_option(p)
+    p.add_argument(
+        "--examples", type=C.positive_int, default=64, help="random training examples of the corpus"
+    )
+    p.add_argument("--batch-size", type=C.positive_int, default=4)
     p.add_argument("--cache-dir", default=".cache/data", help="token cache folder (train.py's)")
     p.add_argument("--cudnn-attention", action="store_true", help="leave the attention backend to torch")
     return p.parse_args(argv)

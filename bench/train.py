@@ -399,14 +399,16 @@ def parse_args(argv=None):
         "--dtypes", default="auto", help="fp32,bf16 or auto (bf16 where native: GPU, AVX512-BF16/AMX CPU)"
     )
     p.add_argument("--corpus", action="store_true", help="useful tokens/s on the embedded corpus instead")
-    p.add_argument("--model", default="gpt2", help="model preset (shapes only; weights are random)")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--seq-len", type=int, default=256)
+    C.model_option(p)
+    p.add_argument("--batch-size", type=C.positive_int, default=4)
+    p.add_argument("--seq-len", type=C.positive_int, default=256)
     p.add_argument("--steps", type=int, default=5, help="timed steps per contender (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--compile", action="store_true", help="torch.compile both models (compile time excluded)")
-    p.add_argument("--examples", type=int, default=32, help="--corpus: examples to run (--quick: 16)")
+    p.add_argument(
+        "--examples", type=C.positive_int, default=32, help="--corpus: examples to run (--quick: 16)"
+    )
     p.add_argument("--cache-dir", default=".cache/data", help="--corpus: token cache folder (train.py's)")
     p.add_argument("--threads", type=int, default=0, help="torch threads per worker (0 = torch's default)")
     return p.parse_args(argv)
@@ -419,6 +421,11 @@ def main(argv=None) -> int:
         return 2
     if args.steps < 1 or args.warmup < 0:
         print("error: --steps must be >= 1 and --warmup >= 0")
+        return 2
+    from model.gpt2 import config_for
+
+    if args.seq_len > (context := config_for(args.model).block_size):
+        print(f"error: --seq-len {args.seq_len} exceeds the {args.model} context of {context} tokens")
         return 2
     table = bench_models(args, device) if not args.corpus else bench_corpus(args, device)
     print()

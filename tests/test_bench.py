@@ -88,3 +88,27 @@ def test_shapes_bench_times_first_and_second_pass_and_restores_the_attention_cho
     for r in rows:
         assert int(r[1]) >= 1 and 1 <= int(r[2]) <= int(r[1]) and float(r[3]) > 0 and float(r[4]) > 0
     assert rows[0][2] == "1"  # padding to the context: one shape
+
+
+@pytest.mark.parametrize(
+    "module, argv",
+    [
+        ("bench.train", ["--model", "gpt3"]),
+        ("bench.train", ["--batch-size", "0"]),
+        ("bench.train", ["--model", "tiny", "--seq-len", "500"]),
+        ("bench.shapes", ["--examples", "0"]),
+        ("bench.shapes", ["--model", "nope"]),
+    ],
+)
+def test_benchmarks_refuse_bad_input_with_one_line_and_exit_code_2(module, argv, capsys):
+    import importlib
+
+    main = importlib.import_module(module).main
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse's usage error
+        rc = e.code
+    assert rc == 2
+    captured = capsys.readouterr()
+    lines = [line for line in (captured.out + captured.err).splitlines() if "error" in line]
+    assert len(lines) == 1 and "Traceback" not in captured.err
