@@ -20,7 +20,7 @@ import tempfile
 
 import torch
 
-from bench.common import interleave, machine_line, markdown_table, median, open_device, timed
+from bench.common import interleave, machine_line, markdown_table, median, open_device, positive_int, timed
 
 VOCAB = 50257
 
@@ -76,10 +76,12 @@ def workloads(ours, hf, prompt: torch.Tensor, new: int, n: int, seed: int):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench.generate", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="one weight dtype (as auto), 3 rounds")
-    p.add_argument("--prompt-len", type=int, default=64)
-    p.add_argument("--new-tokens", type=int, default=128)
-    p.add_argument("--n", type=int, default=10, help="samples per prompt in the pass@k row")
-    p.add_argument("--rounds", type=int, default=5, help="timed calls per contender (median reported)")
+    p.add_argument("--prompt-len", type=positive_int, default=64)
+    p.add_argument("--new-tokens", type=positive_int, default=128)
+    p.add_argument("--n", type=positive_int, default=10, help="samples per prompt in the pass@k row")
+    p.add_argument(
+        "--rounds", type=positive_int, default=5, help="timed calls per contender (median reported)"
+    )
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument(
         "--dtypes", default="auto", help="fp32,bf16 or auto (fp32, + bf16 where native: GPU, AVX512-BF16/AMX)"
@@ -91,6 +93,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.prompt_len + args.new_tokens > 1024:  # GPT-2 124M's context
+        print(f"error: --prompt-len + --new-tokens = {args.prompt_len + args.new_tokens}, over GPT-2's 1024")
+        return 2
     device = open_device(args.device, args.threads)
     if device is None:
         return 2

@@ -98,6 +98,8 @@ def test_shapes_bench_times_first_and_second_pass_and_restores_the_attention_cho
         ("bench.train", ["--model", "tiny", "--seq-len", "500"]),
         ("bench.shapes", ["--examples", "0"]),
         ("bench.shapes", ["--model", "nope"]),
+        ("bench.generate", ["--n", "0"]),
+        ("bench.generate", ["--prompt-len", "1000", "--new-tokens", "100"]),
     ],
 )
 def test_benchmarks_refuse_bad_input_with_one_line_and_exit_code_2(module, argv, capsys):
