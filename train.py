@@ -99,6 +99,10 @@ class TrainConfig:
     )
     device: str = opt("auto", "auto, cpu, cuda, cuda:N")
     compile: bool = opt(False, "torch.compile the model")
+    cuda_graph: bool = opt(
+        False,
+        "capture each train step as one CUDA graph (GPU, --pack): pays where steps are small, host-bound",
+    )
     grad_checkpoint: bool = opt(False, "recompute each block in backward (less activation memory)")
     seed: int = opt(0, "seed for init, data order, dropout")
     peak_tflops: float | None = opt(None, "hardware peak for MFU (default: GPU table, or measured on CPU)")
@@ -502,10 +506,21 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int, ddp: bo
     ckpt = find_resume(cfg, out) if cfg.resume else None
     if ckpt is not None:  # the run's own config wins over flags, except how long to run and how often to log
         saved = runs.read_config(out)
-        keep = {"resume", "max_steps", "epochs", "log_every", "eval_every", "save_every", "device", "dry_run"}
+        keep = {
+            "resume",
+            "max_steps",
+            "epochs",
+            "log_every",
+            "eval_every",
+            "save_every",
+            "device",
+            "cuda_graph",
+            "dry_run",
+        }
         cfg = dataclasses.replace(
             cfg, **{k: v for k, v in saved.items() if k not in keep and hasattr(cfg, k)}
         )
+    graph_on = use_cuda_graph(cfg, device, dtype, ddp)
     log(json.dumps(dataclasses.asdict(cfg), indent=None))
     torch.manual_seed(cfg.seed + rank)
     random.seed(cfg.seed)
@@ -590,6 +605,9 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int, ddp: bo
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
+    graphed = CudaGraphStep(model, raw_model, opt, dtype, cfg.grad_clip, device) if graph_on else None
+    if graphed:
+        log(f"train step: one CUDA graph, captured after {graphed.warmup} eager steps, then replayed")
 
     val_prompt = (
         format_prompt(val_set.records(0)["docstring"], val_set.records(0).get("func_name"), cfg.prompt_format)
@@ -608,8 +626,7 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int, ddp: bo
     try:
         while step < total and not stop["flag"]:
             lr = get_lr(step, cfg.lr, warmup, total, cfg.min_lr_ratio)
-            for g in opt.param_groups:
-                g["lr"] = lr
+            set_lr(opt, lr)
             micro = [next(data_iter) for _ in range(cfg.grad_accum)]
             if cfg.profile_memory and step == start_step:  # the first step, measured by component
                 from profiler.memory import profile_training_memory
@@ -627,6 +644,8 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int, ddp: bo
                     out=out if master else None,
                     log=log,
                 )
+            elif graphed:
+                loss_val, grad_norm = graphed(micro)
             else:
                 loss_val, grad_norm = train_step(
                     model, raw_model, micro, opt, scaler, amp, cfg.grad_clip, device, ddp
@@ -696,12 +715,28 @@ def train_step(model, raw_model, micro, opt, scaler, amp, grad_clip, device, ddp
     if ddp:
         dist.all_reduce(n_targets)
     scale = world / n_targets.clamp(min=1)  # x world: DDP averages gradients over ranks
-    step_loss = torch.zeros((), device=device)
-    for i, b in enumerate(micro):
-        sync = model.no_sync() if ddp and i < len(micro) - 1 else nullcontext()  # all-reduce once, at the end
+    inputs = (to_device(b, device) for b in micro)  # one micro-batch on the device at a time
+    step_loss, grad_norm = step_on_device(
+        model, raw_model, inputs, len(micro), scale, opt, scaler, amp, grad_clip, ddp
+    )
+    opt.zero_grad(set_to_none=True)
+    if ddp:
+        dist.all_reduce(step_loss)
+    return float(step_loss) / float(n_targets), float(grad_norm)
+
+
+def step_on_device(
+    model, raw_model, inputs, n_micro, scale, opt, scaler, amp, grad_clip, ddp=False, static=False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The device work of a step, with no read back to the host: forward and backward over the micro-batches
+    (inputs: model.forward's positional arguments), clipping, the optimizer. Returns the summed loss and the
+    gradient norm as device tensors. Leaves the gradients in place (a CUDA graph reuses them)."""
+    step_loss = torch.zeros((), device=scale.device)
+    for i, args in enumerate(inputs):
+        sync = model.no_sync() if ddp and i < n_micro - 1 else nullcontext()  # all-reduce once, at the end
         with sync:
             with amp:
-                loss_sum = model(*to_device(b, device), reduction="sum")
+                loss_sum = model(*args, reduction="sum", static=static)
             (scaler.scale(loss_sum * scale) if scaler else loss_sum * scale).backward()
         step_loss += loss_sum.detach()
     if scaler:
@@ -713,10 +748,129 @@ def train_step(model, raw_model, micro, opt, scaler, amp, grad_clip, device, ddp
         scaler.update()
     else:
         opt.step()
-    opt.zero_grad(set_to_none=True)
-    if ddp:
-        dist.all_reduce(step_loss)
-    return float(step_loss) / float(n_targets), float(grad_norm)
+    return step_loss, grad_norm
+
+
+class CudaGraphStep:
+    """train_step as one CUDA graph: captured once, then replayed for every batch of the same shapes.
+
+    Why: at GPT-2 124M shapes a GPU runs a step's kernels faster than Python and autograd can launch them.
+    On an H100 a 4 x 256 bf16 LoRA step is ~6 ms of kernels inside ~30 ms of host work (~600 launches). A
+    graph records the launches once; each replay is a single call, so the step takes the kernels' time.
+
+    What capture needs, and how it gets it:
+      fixed addresses  each batch is copied into the same input tensors; the target count and the learning
+                       rate live in device tensors, updated before each replay (set_lr); AdamW is capturable.
+                       The gradients the capture allocates are overwritten, not accumulated, by each replay.
+      fixed shapes     GPT.forward(static=True): the loss covers every position, non-targets weighted 0.
+                       Packed batches (--pack) all have one shape; a batch of another shape (an epoch's
+                       short last batch) takes the eager train_step.
+      no host reads    nothing in step_on_device reads a value back; the loss is read after the replay.
+      warm-up          the first steps run eagerly on a side stream, so that lazy set-up (cuBLAS handles,
+                       optimizer state, autograd's streams) is done before capture, as CUDA graphs require.
+    Not with DDP, fp16's GradScaler, torch.compile or gradient checkpointing (use_cuda_graph decides)."""
+
+    def __init__(self, model, raw_model, opt, dtype: torch.dtype, grad_clip: float, device, warmup: int = 2):
+        self.model, self.raw_model, self.opt, self.dtype = model, raw_model, opt, dtype
+        self.grad_clip, self.device, self.warmup = grad_clip, device, warmup
+        for g in opt.param_groups:  # device tensors, read by the graph at each replay
+            g["capturable"] = True
+            g["lr"] = torch.tensor(float(g["lr"]), device=device)
+        self.scale = torch.ones((), device=device)  # 1 / the step's target count
+        self.graph, self.shapes, self.steps, self.eager_steps = None, None, 0, 0
+
+    def amp(self):  # autocast's weight cache must be off inside a capture
+        return (
+            torch.autocast("cuda", self.dtype, cache_enabled=False)
+            if self.dtype != torch.float32
+            else nullcontext()
+        )
+
+    def __call__(self, micro: list[dict]) -> tuple[float, float]:
+        n_targets = float(sum(b["n_targets"] for b in micro))
+        self.scale.fill_(1.0 / max(n_targets, 1.0))
+        self.steps += 1
+        if self.graph is None and self.steps <= self.warmup:
+            return self._warm_up(micro, n_targets)
+        shapes = batch_shapes(micro)
+        if self.graph is None:
+            self._capture([to_device(b, self.device) for b in micro], shapes)  # this batch fills the inputs
+        elif shapes == self.shapes:
+            for static, b in zip(self.inputs, micro):
+                for dst, src in zip(static, to_device(b, self.device)):
+                    if dst is not None:
+                        dst.copy_(src, non_blocking=True)
+        else:  # another shape (an epoch's short last batch): an eager step
+            self.eager_steps += 1
+            amp, clip = self.amp(), self.grad_clip
+            return train_step(
+                self.model, self.raw_model, micro, self.opt, None, amp, clip, self.device, False
+            )
+        self.graph.replay()
+        return float(self.loss) / n_targets, float(self.grad_norm)
+
+    def _device_step(self, inputs: list[tuple]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The work the graph holds, run eagerly (warm-up) or captured."""
+        m, opt, amp, clip = self.model, self.opt, self.amp(), self.grad_clip
+        return step_on_device(
+            m, self.raw_model, inputs, len(inputs), self.scale, opt, None, amp, clip, static=True
+        )
+
+    def _warm_up(self, micro, n_targets):
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            loss, norm = self._device_step([to_device(b, self.device) for b in micro])
+            self.opt.zero_grad(set_to_none=True)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        return float(loss) / n_targets, float(norm)
+
+    def _capture(self, inputs, shapes):
+        self.inputs, self.shapes = inputs, shapes
+        self.opt.zero_grad(set_to_none=True)  # so that backward allocates the gradients inside the graph
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.loss, self.grad_norm = self._device_step(inputs)
+        self.opt.zero_grad(set_to_none=True)  # eager steps start from no gradients; the graph keeps its own
+
+
+def batch_shapes(micro: list[dict]) -> tuple:
+    """What must match for a captured graph to take these micro-batches."""
+    return tuple(
+        tuple(None if b.get(k) is None else tuple(b[k].shape) for k in ("idx", "targets", "pos", "mask"))
+        for b in micro
+    )
+
+
+def set_lr(opt, lr: float) -> None:
+    """Every group's learning rate; in place where it is a tensor, which a CUDA graph reads at each replay."""
+    for g in opt.param_groups:
+        if isinstance(g["lr"], torch.Tensor):
+            g["lr"].fill_(lr)
+        else:
+            g["lr"] = lr
+
+
+def use_cuda_graph(cfg: TrainConfig, device: torch.device, dtype: torch.dtype, ddp: bool) -> bool:
+    """--cuda-graph: capture the train step (CudaGraphStep), or say in one line why it cannot be.
+
+    Off by default: it pays where a step's kernels take less time than launching them (H100, GPT-2 124M:
+    5.6x our eager LoRA step at 4 x 256) and costs a little where they take longer (0.94x at 8 x 512,
+    whose static loss projects every position): docs/benchmarks.md."""
+    if not cfg.cuda_graph:
+        return False
+    blockers = [
+        (device.type != "cuda", "needs a CUDA device"),
+        (not cfg.pack, "needs --pack, where every batch has one shape"),
+        (ddp, "is not supported under DDP"),
+        (dtype == torch.float16, "is not supported with fp16's GradScaler (use bf16 or fp32)"),
+        (cfg.compile, "is not combined with --compile"),
+        (cfg.grad_checkpoint, "is not combined with --grad-checkpoint"),
+    ]
+    for hit, why in blockers:
+        if hit:
+            raise UsageError(f"--cuda-graph {why}")
+    return True
 
 
 def log_line(row: dict, total: int) -> str:
@@ -747,6 +901,8 @@ def load_checkpoint(ckpt: Path, model, opt, scaler, batches, cfg: TrainConfig, d
         src = load_pretrained(str(ckpt), device=device)
         model.load_state_dict(src.state_dict())
     opt.load_state_dict(state["optimizer"])
+    for g in opt.param_groups:  # as an eager step wants them; a CudaGraphStep turns them back into tensors
+        g["lr"], g["capturable"] = float(g["lr"]), False
     if scaler is not None and state["scaler"] is not None:
         scaler.load_state_dict(state["scaler"])
     batches.load_state_dict(state["batches"])

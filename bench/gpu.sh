@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Every GPU measurement the README waits for, in one command, so that a session lent a GPU for a few
-# minutes spends them measuring rather than typing: bench.train (fp32 and bf16 rows, MFU), the corpus
-# benchmark, bench.generate (fp32 and bf16 weights), the memory comparison with the CUDA allocator's
-# figures, a short train.py run on CUDA, what a new batch shape costs (bench.shapes, with and without
-# cuDNN attention), and the train step under torch.compile. Under $OUT (or bench-out/): gpu.log,
-# memory/memory_compare.{md,json,png}, and the train.py run's summary.json and memory.json (six files: a
-# device call brings back eight at most). On an H100 (2026-11-26) the steps took 122, 74, 50, 47 and 31 s
-# in this order, bench.shapes ~25 s; --compile did not finish its two rows in 90 s, hence its 155.
+# minutes spends them measuring rather than typing: the CUDA-graph train step checked against the eager one
+# (tests/test_cuda_graph.py), bench.train in bf16 with ours eager and as one CUDA graph (MFU), the corpus
+# benchmark, train.py on CUDA packed (graph) and bucketed (--profile-memory), the memory comparison with the
+# CUDA allocator's figures, bench.generate (fp32 and bf16 weights), and what a new batch shape costs
+# (bench.shapes, with and without cuDNN attention). train-compile (torch.compile both sides) runs only when
+# GPU_STEPS names it. Under $OUT (or bench-out/): gpu.log, memory/memory_compare.{md,json,png}, and the
+# train.py run's summary.json and memory.json (six files: a device call brings back eight at most). On an
+# H100 (2026-11-26, two contenders, fp32 + bf16) train-step took 122 s, generate 74, memory 50, corpus 47,
+# train-py 31, bench.shapes ~25; --compile did not finish its two rows in 90 s, hence its 155.
 #
-#   bash bench/gpu.sh            # on a GPU machine; the step limits add up to 600 s, one device call
+#   bash bench/gpu.sh            # on a GPU machine; the default steps' limits add up to 575 s
 #   bash bench/gpu.sh --smoke    # the same commands on tiny shapes on this CPU (tests/test_bench.py)
 #   GPU_STEPS=memory,train-py bash bench/gpu.sh   # only these steps (names as in the log)
 #
@@ -36,17 +38,19 @@ if [ "${1:-}" = --smoke ]; then
     mem_args=(--model tiny --ranks 8 --batch-size 2 --max-len 64)
     run_args=(--model tiny --max-steps 3 --batch-size 2 --max-len 64)
     shapes_args=(--model tiny --examples 8)
+    graph=()  # CUDA graphs need a GPU
 else
     dev=cuda
-    train_args=(--model gpt2 --steps 50 --warmup 10 --dtypes fp32,bf16)  # host-bound steps: medians of 50
-    corpus_args=(--examples 64)
+    train_args=(--model gpt2 --steps 50 --warmup 10 --dtypes bf16)  # host-bound steps: medians of 50
+    corpus_args=(--examples 256)
     gen_args=(--dtypes fp32,bf16 --rounds 5)
     mem_args=(--model gpt2 --ranks 1,8,64 --batch-size 8 --max-len 512)
     run_args=(--model gpt2 --max-steps 60 --batch-size 8 --max-len 512)
     shapes_args=(--model gpt2 --examples 64)
+    graph=(--cuda-graph)  # ours also with the step captured as one CUDA graph
 fi
 
-only=",${GPU_STEPS:-train-step,generate,memory,corpus,train-py,shapes,shapes-cudnn,train-compile},"  # which steps run
+only=",${GPU_STEPS:-graph-test,train-step,corpus,train-py-pack,memory,generate,train-py,shapes,shapes-cudnn},"  # which steps run
 summary=()
 step() {  # step NAME SECONDS CMD...: run CMD with a time limit, its output into the log
     local name=$1 limit=$2 t0=$SECONDS rc
@@ -75,14 +79,19 @@ peft.__version__)"
 } >"$log" 2>&1
 
 # Most wanted first: a call cut short at its time limit still brings back what the log holds so far.
-step train-step 150 "$py" -m bench.train --device "$dev" "${train_args[@]}"
-step generate 85 "$py" -m bench.generate --device "$dev" "${gen_args[@]}"
-step memory 60 "$py" -m profiler.memory --device "$dev" --compare "${mem_args[@]}" --out-dir "$out/memory"
-step corpus 50 "$py" -m bench.train --device "$dev" --corpus --cache-dir "$cache" "${corpus_args[@]}"
+if [ "$dev" = cuda ]; then  # the graph step against the eager one (skipped without a GPU)
+    step graph-test 60 "$py" -m pytest -q -p no:cacheprovider tests/test_cuda_graph.py
+fi
+step train-step 150 "$py" -m bench.train --device "$dev" "${train_args[@]}" "${graph[@]}"
+step corpus 80 "$py" -m bench.train --device "$dev" --corpus --cache-dir "$cache" "${corpus_args[@]}" "${graph[@]}"
 run_dir=${TMPDIR:-/tmp}/gpu-sh-run  # a run folder holds more files than a device call brings back
+train_py=(train.py --device "$dev" --init random --lora-rank 8 --data pysrc --cache-dir "$cache" --eval-every 0
+    --save-every 0 --out-dir "$run_dir" --overwrite "${run_args[@]}")
+step train-py-pack 40 "$py" "${train_py[@]}" --pack  # --cuda-graph auto: on
+step memory 60 "$py" -m profiler.memory --device "$dev" --compare "${mem_args[@]}" --out-dir "$out/memory"
+step generate 85 "$py" -m bench.generate --device "$dev" "${gen_args[@]}"
 rm -rf "$run_dir"  # so that only this call's run is copied out
-step train-py 40 "$py" train.py --device "$dev" --init random --lora-rank 8 --data pysrc --cache-dir "$cache" \
-    --eval-every 0 --save-every 0 --profile-memory --out-dir "$run_dir" --overwrite "${run_args[@]}"
+step train-py 40 "$py" "${train_py[@]}" --profile-memory
 [ -d "$run_dir" ] && cp "$run_dir/summary.json" "$run_dir/memory.json" "$out/" 2>>"$log"
 step shapes 30 "$py" -m bench.shapes --device "$dev" --cache-dir "$cache" "${shapes_args[@]}"
 step shapes-cudnn 30 "$py" -m bench.shapes --device "$dev" --cache-dir "$cache" --cudnn-attention "${shapes_args[@]}"

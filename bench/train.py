@@ -67,6 +67,7 @@ class Spec:
     alpha: float = 16.0
     model: str = "gpt2"
     compile: bool = False
+    cuda_graph: bool = False  # ours: train.CudaGraphStep (a GPU and one batch shape)
     threads: int = 0  # 0 = torch's default
     seq_len: int = 256  # for the model FLOPs per token (MFU)
 
@@ -89,6 +90,9 @@ def build_ours(spec: Spec, device: torch.device):
     opt = train.make_optimizer(model, cfg, device)
     amp = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
     fwd = torch.compile(model) if spec.compile else model
+    if spec.cuda_graph:
+        graphed = train.CudaGraphStep(fwd, model, opt, dtype, 1.0, device)
+        return model, lambda batch: graphed([batch])[0]
 
     def step(batch: dict) -> float:
         loss, _ = train.train_step(fwd, model, [batch], opt, None, amp, 1.0, device, False)
@@ -260,26 +264,34 @@ def bench_models(args, device: torch.device) -> str:
             threads=args.threads,
             seq_len=args.seq_len,
         )
-        pair = Contender.start({"ours": spec, "HF": replace(spec, impl="hf")})
+        specs = {"ours": spec, "HF": replace(spec, impl="hf")}
+        if args.cuda_graph:
+            specs["graph"] = replace(spec, cuda_graph=True)
+        pair = Contender.start(specs)
         fpt = pair["ours"].flops_per_token  # model FLOPs: the same for both sides
         times = C.interleave(
             {k: (lambda c=c: c.step(batch)) for k, c in pair.items()}, args.steps, args.warmup
         )
-        mem = {k: c.close() for k, c in pair.items()}
+        mem = {k: c.close()["peak_bytes"] for k, c in pair.items()}
         tps = {k: tokens / C.median(v) for k, v in times.items()}
         hf_targets = "" if not targets else f" / PEFT {'+'.join(PEFT_TARGETS[targets])}"
         what = f"LoRA r=8 {targets}{hf_targets}" if targets else "full fine-tuning"
-        rows.append([
-            what, dtype, f"{tps['ours']:,.0f}", f"{tps['HF']:,.0f}", f"**{tps['ours'] / tps['HF']:.2f}x**",
-            C.mib(mem["ours"]["peak_bytes"]), C.mib(mem["HF"]["peak_bytes"]),
-            f"{mem['ours']['peak_bytes'] / mem['HF']['peak_bytes']:.2f}",
-            f"{100 * tps['ours'] * fpt / peaks[dtype]:.0f}% / {100 * tps['HF'] * fpt / peaks[dtype]:.0f}%",
-        ])  # fmt: skip
+        mfu = " / ".join(f"{100 * tps[k] * fpt / peaks[dtype]:.0f}%" for k in pair)
+        row = [what, dtype, f"{tps['ours']:,.0f}", f"{tps['HF']:,.0f}", f"**{tps['ours'] / tps['HF']:.2f}x**",
+               C.mib(mem["ours"]), C.mib(mem["HF"]), f"{mem['ours'] / mem['HF']:.2f}", mfu]  # fmt: skip
+        if args.cuda_graph:
+            row[5:5] = [f"{tps['graph']:,.0f}", f"**{tps['graph'] / tps['HF']:.2f}x**"]
+            row[-1:-1] = [C.mib(mem["graph"])]
+        rows.append(row)
         steps = {k: [round(t, 2) for t in v] for k, v in times.items()}
-        print(f"  {name}: ours {tps['ours']:.0f} tok/s, HF {tps['HF']:.0f} tok/s (steps s: {steps}; build s: "
-              f"ours {pair['ours'].build_s:.1f}, HF {pair['HF'].build_s:.1f})", flush=True)  # fmt: skip
+        speeds = ", ".join(f"{k} {v:.0f} tok/s" for k, v in tps.items())
+        builds = ", ".join(f"{k} {c.build_s:.1f}" for k, c in pair.items())
+        print(f"  {name}: {speeds} (steps s: {steps}; build s: {builds})", flush=True)
     header = ["training", "dtype", "ours tok/s", "HF+PEFT tok/s", "speed-up", "ours peak MiB", "HF peak MiB",
-              "memory ours/HF", "MFU ours / HF"]  # fmt: skip
+              "memory ours/HF", "MFU " + " / ".join(pair)]  # fmt: skip
+    if args.cuda_graph:
+        header[5:5] = ["ours, CUDA graph tok/s", "graph speed-up"]
+        header[-1:-1] = ["graph peak MiB"]
     return (
         f"Train step, GPT-2 {args.model} shapes, batch {args.batch_size} x {args.seq_len}, AdamW, "
         f"median of {args.steps} steps after {args.warmup} warm-up, interleaved; MFU against "
@@ -362,6 +374,9 @@ def bench_corpus(args, device: torch.device) -> str:
         "ours, length-bucketed, loss on the code": (replace(spec, impl="ours"), ours_batches(False)),
         "ours, packed (block-causal), loss on the code": (replace(spec, impl="ours"), ours_batches(True)),
     }
+    if args.cuda_graph:  # packed rows all have one shape (but the last batch's): what a graph needs
+        packed = replace(spec, impl="ours", cuda_graph=True)
+        pipelines["ours, packed, one CUDA graph per step"] = (packed, ours_batches(True))
     if args.quick:
         del pipelines[f"ours, pad to {L}, loss on every token"]
     workers = Contender.start({k: s for k, (s, _) in pipelines.items()})
@@ -407,6 +422,11 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--compile", action="store_true", help="torch.compile both models (compile time excluded)")
     p.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        help="also ours with the step as one CUDA graph (train.py --cuda-graph; needs --device cuda)",
+    )
+    p.add_argument(
         "--examples", type=C.positive_int, default=32, help="--corpus: examples to run (--quick: 16)"
     )
     p.add_argument("--cache-dir", default=".cache/data", help="--corpus: token cache folder (train.py's)")
@@ -421,6 +441,9 @@ def main(argv=None) -> int:
         return 2
     if args.steps < 1 or args.warmup < 0:
         print("error: --steps must be >= 1 and --warmup >= 0")
+        return 2
+    if args.cuda_graph and device.type != "cuda":
+        print("error: --cuda-graph needs --device cuda")
         return 2
     from model.gpt2 import config_for
 

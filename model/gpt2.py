@@ -263,17 +263,26 @@ class GPT(nn.Module):
                     x = block(x, mask, cache)
         return self.transformer.ln_f(x)
 
-    def forward(self, idx, targets=None, loss_mask=None, pos=None, mask=None, reduction="mean"):
+    def forward(self, idx, targets=None, loss_mask=None, pos=None, mask=None, reduction="mean", static=False):
         """Logits (B, T, V) without targets; with targets (B, T) the loss over positions whose target is
         not IGNORE and whose loss_mask is set: "mean" per token, "sum" (for token-normalized accumulation) or
         "none" (the N losses, positions in row-major order).
-        mask is an SDPA attention mask (B, 1, T, T), True = may attend (block-causal for packed rows)."""
+        mask is an SDPA attention mask (B, 1, T, T), True = may attend (block-causal for packed rows).
+        static=True keeps every shape independent of the data, as a CUDA graph needs (train.CudaGraphStep):
+        the same loss and gradients, but the vocabulary projection runs at every position."""
         h = self.hidden(idx, pos=pos, mask=mask)  # (B, T, C)
         if targets is None:
             return self.head_logits(h)  # (B, T, V)
         valid = targets != IGNORE
         if loss_mask is not None:
             valid &= loss_mask.bool()
+        if static:  # h[valid] would have as many rows as the batch has targets: weight the others 0 instead
+            if reduction == "none":
+                raise ValueError("static=True gives reduction 'sum' or 'mean', not 'none'")
+            keep = valid.flatten()  # (B*T,)
+            logits_t = self.lm_head.weight @ h.flatten(0, 1).t()  # (V, C) @ (C, B*T) -> (V, B*T)
+            losses = self.loss_fn(logits_t, targets.flatten().clamp(min=0)) * keep  # 0 loss, 0 gradient
+            return losses.sum() if reduction == "sum" else losses.sum() / keep.sum()
         # Project to the vocabulary only where a target exists: with the prompt masked this skips most of
         # the C x V matmul. The logits come out as (V, N), the layout MKL multiplies fastest (see
         # TargetCrossEntropy), and are the only ones ever materialized.

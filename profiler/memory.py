@@ -179,9 +179,10 @@ def resolve(cfg) -> tuple[torch.device, torch.dtype]:
 
 
 def default_target_fraction(cfg) -> float:
-    """Share of the B*T positions that carry a target: all of them with --train-on-prompt, else ~60%
-    (docstring prompts masked out, the code and EOS scored)."""
-    return 1.0 if getattr(cfg, "train_on_prompt", False) else 0.6
+    """Share of the B*T positions the loss projects to the vocabulary: all of them with --train-on-prompt
+    or --cuda-graph (whose static loss weights non-targets 0), else ~60% (docstring prompts masked out, the
+    code and EOS scored)."""
+    return 1.0 if getattr(cfg, "train_on_prompt", False) or getattr(cfg, "cuda_graph", False) else 0.6
 
 
 def estimate(cfg, B: int | None = None, T: int | None = None, n_targets: int | None = None,

@@ -61,11 +61,12 @@ def test_gpu_script_runs_every_step_in_smoke_mode(tmp_path):
     log = (out / "gpu.log").read_text()
     summary = log[log.index("==== summary") :].splitlines()[1:]
     assert [line.split()[0] for line in summary] == [
-        "train-step", "generate", "memory", "corpus", "train-py", "shapes", "shapes-cudnn"
+        "train-step", "corpus", "train-py-pack", "memory", "generate", "train-py", "shapes", "shapes-cudnn"
     ]  # fmt: skip
     assert all(" rc=0 " in line for line in summary), log[-3000:]
     assert done.returncode == 0
     assert "MFU against fp32" in log and "vs study" in log and "ours == HF: True" in log
+    assert "CUDA graph train step: needs a CUDA device" in log  # train-py-pack: --cuda-graph auto, no GPU
     files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
     assert {"gpu.log", "summary.json", "memory.json", "memory/memory_compare.md"} <= files
     assert len(files) <= 8  # what one device call brings back

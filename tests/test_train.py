@@ -229,12 +229,17 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypa
         (["--lora-rank", "-1"], "--lora-rank -1 is negative"),
         (["--lora-targets", "q,nope"], "--lora-targets"),
         (["--resume", "auto", "--out-dir", "runs/none"], "has no complete checkpoint"),
+        (
+            ["--device", "cpu", "--pack", "--cuda-graph", "--out-dir", "runs/none"],
+            "--cuda-graph needs a CUDA",
+        ),
     ],
 )
 def test_bad_input_is_one_sentence_and_exit_code_2(tmp_path, corpus, args, message):
     cp = run_train([*TINY, "--data", f"jsonl:{corpus}", *args], cwd=tmp_path, check=False)
     assert cp.returncode == 2, cp.stderr
     assert message in cp.stderr and "Traceback" not in cp.stderr
+    assert not (tmp_path / "runs").exists()  # nothing written
 
 
 def test_out_dir_with_another_run_is_refused_unless_resume_or_overwrite(tmp_path, corpus):

@@ -1,0 +1,164 @@
+"""The CUDA-graph train step (train.CudaGraphStep) and what it rests on: the static-shape loss, tensor
+learning rates, and when train.py turns it on. The graph itself needs a GPU: that test runs on the device
+machine (bench/gpu.sh runs this file) and is skipped on a CPU-only machine."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+import train
+from cli import UsageError
+from data.loader import Batches
+from model.gpt2 import GPT, IGNORE, config_for
+
+
+class Examples:
+    """Variable-length token examples whose prompt prefix carries no loss (what data.prepare produces)."""
+
+    def __init__(self, n: int, seed: int = 0):
+        g = np.random.default_rng(seed)
+        self.items = []
+        for _ in range(n):
+            length = int(g.integers(8, 40))
+            self.items.append(
+                (g.integers(0, 50000, length), np.arange(length) >= int(g.integers(2, length - 3)))
+            )
+        self.lengths = np.array([len(ids) for ids, _ in self.items])
+
+    def __len__(self):
+        return len(self.items)
+
+    def example(self, i):
+        return self.items[i]
+
+
+@pytest.mark.parametrize("pack", [False, True])
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_static_loss_equals_the_target_only_loss_with_the_same_gradients(pack, reduction):
+    torch.manual_seed(0)
+    model = GPT(config_for("tiny"))
+    (b,) = Batches(Examples(6), batch_size=6, max_len=64, pack=pack, shuffle=False)
+    loss_mask = torch.rand(b["targets"].shape) > 0.2  # some targets masked out as well
+    results = []
+    for static in (False, True):
+        model.zero_grad()
+        loss = model(
+            b["idx"], b["targets"], loss_mask, b["pos"], b["mask"], reduction=reduction, static=static
+        )
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (dyn, dyn_grads), (sta, sta_grads) = results
+    assert (b["targets"] == IGNORE).any()  # the static path really had positions to zero
+    torch.testing.assert_close(sta, dyn, rtol=1e-5, atol=1e-5)
+    for name, g in dyn_grads.items():
+        torch.testing.assert_close(sta_grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
+    with pytest.raises(ValueError, match="'none'"):
+        model(b["idx"], b["targets"], reduction="none", static=True)
+
+
+def test_a_tensor_learning_rate_set_in_place_steps_like_a_float_one():
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(4, 3)) for _ in range(2)]
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    opts = [torch.optim.AdamW(ps, lr=1e-2, fused=True) for ps in (params, twins)]
+    lr_tensor = opts[1].param_groups[0]["lr"] = torch.tensor(1e-2)
+    for step in range(3):
+        for opt, ps in zip(opts, (params, twins)):
+            train.set_lr(opt, 1e-2 * (step + 1))
+            for p in ps:
+                p.grad = torch.full_like(p, 0.5 - step)
+            opt.step()
+    assert opts[1].param_groups[0]["lr"] is lr_tensor and float(lr_tensor) == pytest.approx(3e-2)
+    assert opts[0].param_groups[0]["lr"] == pytest.approx(3e-2)
+    for p, q in zip(params, twins):
+        torch.testing.assert_close(p, q)
+
+
+def test_cuda_graph_is_off_unless_asked_for_and_then_needs_a_gpu_and_pack():
+    cuda = torch.device("cuda")  # a device object only: nothing runs on it
+    assert train.use_cuda_graph(train.TrainConfig(pack=True), cuda, torch.bfloat16, ddp=False) is False
+    assert train.use_cuda_graph(train.TrainConfig(pack=True, cuda_graph=True), cuda, torch.bfloat16, False)
+    assert train.use_cuda_graph(train.TrainConfig(pack=True, cuda_graph=True), cuda, torch.float32, False)
+
+
+@pytest.mark.parametrize(
+    "device, dtype, ddp, overrides, message",
+    [
+        ("cpu", torch.float32, False, dict(), "needs a CUDA device"),
+        ("cuda", torch.bfloat16, False, dict(pack=False), "needs --pack"),
+        ("cuda", torch.float16, False, dict(), "fp16"),
+        ("cuda", torch.bfloat16, True, dict(), "DDP"),
+        ("cuda", torch.bfloat16, False, dict(compile=True), "--compile"),
+        ("cuda", torch.bfloat16, False, dict(grad_checkpoint=True), "--grad-checkpoint"),
+    ],
+)
+def test_cuda_graph_says_in_one_line_why_it_cannot_be(device, dtype, ddp, overrides, message):
+    cfg = train.TrainConfig(**{"cuda_graph": True, "pack": True, **overrides})
+    with pytest.raises(UsageError, match=message):
+        train.use_cuda_graph(cfg, torch.device(device), dtype, ddp)
+
+
+def shorter(b: dict) -> dict:
+    """The batch's first row alone: another shape, which the graph cannot take."""
+    out = {k: v[:1] if isinstance(v, torch.Tensor) else v for k, v in b.items()}
+    out["n_targets"] = int((out["targets"] != IGNORE).sum())
+    return out
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (bench/gpu.sh runs this)")
+@pytest.mark.parametrize(
+    "lora_rank, dtype, rows",
+    [(0, "fp32", 4), (8, "fp32", 4), (0, "bf16", 4), (8, "bf16", 4), (0, "bf16", 56)],
+)
+def test_graph_steps_match_eager_steps_on_a_gpu(lora_rank, dtype, rows):
+    """Eight packed steps (one of another shape, which runs eagerly) with a changing learning rate: the
+    graph's losses and final weights are the eager train_step's. 56 rows x 64 = 3,584 embedding lookups:
+    past 3,072, CUDA's embedding backward takes its sorting path."""
+    device, torch_dtype = torch.device("cuda"), {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    cfg = train.TrainConfig(
+        model="tiny", init="random", lora_rank=lora_rank, dtype=dtype, lr=1e-3, max_len=64
+    )
+    torch.manual_seed(0)
+    eager_model = train.build_model(cfg, device, torch_dtype, log=lambda *a: None)
+    graph_model = copy.deepcopy(eager_model)
+    before = {n: p.detach().clone() for n, p in eager_model.named_parameters()}
+    batches = list(Batches(Examples(30 * rows), batch_size=rows, max_len=64, pack=True, shuffle=False))
+    same = [b for b in batches if b["idx"].shape == (rows, 64)][:7]
+    assert len(same) == 7, [b["idx"].shape for b in batches]
+    steps = same[:5] + [shorter(same[5])] + same[5:]
+    amp = torch.autocast("cuda", torch_dtype) if torch_dtype != torch.float32 else train.nullcontext()
+    eager_opt = train.make_optimizer(eager_model, cfg, device)
+    graph_opt = train.make_optimizer(graph_model, cfg, device)
+    graphed = train.CudaGraphStep(graph_model, graph_model, graph_opt, torch_dtype, 1.0, device)
+    losses = {"eager": [], "graph": []}
+    for i, b in enumerate(steps):
+        lr = 1e-3 * (i + 1) / len(steps)
+        train.set_lr(eager_opt, lr)
+        train.set_lr(graph_opt, lr)
+        losses["eager"].append(
+            train.train_step(eager_model, eager_model, [b], eager_opt, None, amp, 1.0, device, False)[0]
+        )
+        losses["graph"].append(graphed([b])[0])
+    assert graphed.graph is not None and graphed.eager_steps == 1  # 2 warm-up, capture, 4 replays, 1 eager
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == "fp32" else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(torch.tensor(losses["graph"]), torch.tensor(losses["eager"]), **tol)
+    moved = 0
+    for (name, p), q in zip(eager_model.named_parameters(), graph_model.parameters()):
+        if p.requires_grad:
+            torch.testing.assert_close(q, p, **tol, msg=name)
+            moved += int(not torch.equal(p, before[name]))
+    assert moved > 0  # real steps were taken
+
+
+def test_the_memory_estimate_projects_every_position_under_a_graph():
+    import dataclasses
+
+    from profiler.memory import estimate
+
+    eager = train.TrainConfig(model="tiny", init="random", pack=True, batch_size=2, max_len=64, dtype="fp32")
+    graph = dataclasses.replace(eager, cuda_graph=True)
+    e, g = estimate(eager), estimate(graph)
+    assert g["config"]["n_targets"] == 2 * 64 > e["config"]["n_targets"]
+    assert g["components"]["logits"] > e["components"]["logits"]
