@@ -42,7 +42,7 @@ if [ "${1:-}" = --smoke ]; then
 else
     dev=cuda
     train_args=(--model gpt2 --steps 50 --warmup 10 --dtypes bf16)  # host-bound steps: medians of 50
-    corpus_args=(--examples 256)
+    corpus_args=(--examples 256 --warm-epoch)  # steady state, as in a long run
     gen_args=(--dtypes fp32,bf16 --rounds 5)
     mem_args=(--model gpt2 --ranks 1,8,64 --batch-size 8 --max-len 512)
     run_args=(--model gpt2 --max-steps 60 --batch-size 8 --max-len 512)
@@ -87,7 +87,7 @@ step corpus 80 "$py" -m bench.train --device "$dev" --corpus --cache-dir "$cache
 run_dir=${TMPDIR:-/tmp}/gpu-sh-run  # a run folder holds more files than a device call brings back
 train_py=(train.py --device "$dev" --init random --lora-rank 8 --data pysrc --cache-dir "$cache" --eval-every 0
     --save-every 0 --out-dir "$run_dir" --overwrite "${run_args[@]}")
-step train-py-pack 40 "$py" "${train_py[@]}" --pack  # --cuda-graph auto: on
+step train-py-pack 40 "$py" "${train_py[@]}" --pack "${graph[@]}"
 step memory 60 "$py" -m profiler.memory --device "$dev" --compare "${mem_args[@]}" --out-dir "$out/memory"
 step generate 85 "$py" -m bench.generate --device "$dev" "${gen_args[@]}"
 rm -rf "$run_dir"  # so that only this call's run is copied out

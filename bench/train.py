@@ -380,8 +380,9 @@ def bench_corpus(args, device: torch.device) -> str:
     if args.quick:
         del pipelines[f"ours, pad to {L}, loss on every token"]
     workers = Contender.start({k: s for k, (s, _) in pipelines.items()})
-    for k, (_, batches) in pipelines.items():  # warm-up: one untimed step each
-        workers[k].step(batches[0])
+    for k, (_, batches) in pipelines.items():  # warm-up, untimed: one step, or a whole pass (--warm-epoch)
+        for b in batches if args.warm_epoch else batches[:1]:
+            workers[k].step(b)
     seconds = {k: 0.0 for k in pipelines}
     for r in range(max(len(b) for _, b in pipelines.values())):  # interleaved, batch by batch
         for k, (_, batches) in pipelines.items():
@@ -398,11 +399,12 @@ def bench_corpus(args, device: torch.device) -> str:
                      f"**{ups / base:.2f}x**", C.mib(mem[k]["peak_bytes"])])  # fmt: skip
     header = ["pipeline", "batches", "positions run", "useful tokens", "seconds", "useful tok/s", "vs study",
               "peak MiB"]  # fmt: skip
+    warm = "an untimed pass over them" if args.warm_epoch else "one untimed step"
     return (
         f"Useful tokens/s on the embedded corpus ({len(sub)} random training examples of "
         f"{ds.path.parent.name}), LoRA r=8 on c_attn, {spec.dtype}, batch {B}, AdamW; every pipeline runs "
-        f"the same examples, interleaved batch by batch. Useful = code tokens (+ EOT), the ones a "
-        f"docstring-to-code fine-tune is for:\n\n" + C.markdown_table(header, rows)
+        f"the same examples, interleaved batch by batch, after {warm}. Useful = code tokens (+ EOT), the "
+        f"ones a docstring-to-code fine-tune is for:\n\n" + C.markdown_table(header, rows)
     )
 
 
@@ -430,6 +432,12 @@ def parse_args(argv=None):
         "--examples", type=C.positive_int, default=32, help="--corpus: examples to run (--quick: 16)"
     )
     p.add_argument("--cache-dir", default=".cache/data", help="--corpus: token cache folder (train.py's)")
+    p.add_argument(
+        "--warm-epoch",
+        action="store_true",
+        help="--corpus: time a second pass over the examples (steady state: every batch shape seen, CUDA "
+        "graphs captured) rather than the first",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads per worker (0 = torch's default)")
     return p.parse_args(argv)
 
