@@ -41,24 +41,25 @@ def load_pair(device: torch.device, seed: int = 0):
     return ours.eval(), hf.to(device)
 
 
-def workloads(ours, hf, prompt: torch.Tensor, new: int, n: int, seed: int):
-    """name -> (rows, ours call, HF call) for batch 1 greedy and n samples of one prompt."""
+def workloads(ours, hf, prompt: torch.Tensor, new: int, n: int, seed: int, graph: bool = False):
+    """name -> (rows, {side: call}) for batch 1 greedy and n samples of one prompt; sides ours, HF, and
+    with graph ours decoding through one CUDA graph per step (generate(cuda_graph=True))."""
     ids = prompt.tolist()
     attn = torch.ones_like(prompt)
     g = torch.Generator(device=prompt.device)
     sampling = dict(temperature=0.8, top_p=0.95)
 
-    def ours_greedy():
-        return ours.generate([ids[0]], max_new_tokens=new)
+    def ours_greedy(**kw):
+        return ours.generate([ids[0]], max_new_tokens=new, **kw)
 
     def hf_greedy():
         return hf.generate(
             prompt, attention_mask=attn, max_new_tokens=new, min_new_tokens=new, do_sample=False
         )
 
-    def ours_sample():
+    def ours_sample(**kw):
         g.manual_seed(seed)
-        return ours.generate([ids[0]], max_new_tokens=new, n=n, generator=g, **sampling)
+        return ours.generate([ids[0]], max_new_tokens=new, n=n, generator=g, **sampling, **kw)
 
     def hf_sample():
         torch.manual_seed(seed)
@@ -67,10 +68,14 @@ def workloads(ours, hf, prompt: torch.Tensor, new: int, n: int, seed: int):
             num_return_sequences=n, top_k=0, **sampling,
         )  # fmt: skip
 
-    return {
-        "batch 1, greedy": (1, ours_greedy, hf_greedy),
-        f"{n} samples of 1 prompt (pass@k)": (n, ours_sample, hf_sample),
+    loads = {
+        "batch 1, greedy": (1, {"ours": ours_greedy, "HF": hf_greedy}),
+        f"{n} samples of 1 prompt (pass@k)": (n, {"ours": ours_sample, "HF": hf_sample}),
     }
+    if graph:
+        for _, calls in loads.values():
+            calls["graph"] = lambda f=calls["ours"]: f(cuda_graph=True)
+    return loads
 
 
 def parse_args(argv=None):
@@ -87,6 +92,11 @@ def parse_args(argv=None):
         "--dtypes", default="auto", help="fp32,bf16 or auto (fp32, + bf16 where native: GPU, AVX512-BF16/AMX)"
     )
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        help="also ours with one CUDA graph per decode step (--device cuda)",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     return p.parse_args(argv)
 
@@ -98,6 +108,9 @@ def main(argv=None) -> int:
         return 2
     device = open_device(args.device, args.threads)
     if device is None:
+        return 2
+    if args.cuda_graph and device.type != "cuda":
+        print("error: --cuda-graph needs --device cuda")
         return 2
     from bench.train import auto_dtype
 
@@ -116,34 +129,45 @@ def main(argv=None) -> int:
     with torch.no_grad():
         a = ours.generate([prompt[0].tolist()], max_new_tokens=16)[0]
         b = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=16, do_sample=False)
-    same = a == b[0, args.prompt_len :].tolist()
-    print(f"greedy ids, fp32, first 16 tokens: ours == HF: {same}")
+    hf_ids = b[0, args.prompt_len :].tolist()
+    print(f"greedy ids, fp32, first 16 tokens: ours == HF: {a == hf_ids}")
+    if args.cuda_graph:
+        c = ours.generate([prompt[0].tolist()], max_new_tokens=16, cuda_graph=True)[0]
+        print(f"greedy ids, fp32, first 16 tokens: ours with the CUDA graph == HF: {c == hf_ids}")
+    sides = ("ours", "HF", "graph") if args.cuda_graph else ("ours", "HF")
     rows = []
     for dt in dtypes:
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dt]
         ours, hf = ours.to(dtype), hf.to(dtype)
-        loads = workloads(ours, hf, prompt, args.new_tokens, args.n, 0)
+        loads = workloads(ours, hf, prompt, args.new_tokens, args.n, 0, graph=args.cuda_graph)
         # Every call of every workload in one round-robin, so "vs its batch 1" also compares calls made
         # under the same load: (workload, side) -> seconds per call.
         fns = {
             (name, side): (lambda f=f: timed(f, device))
-            for name, (_, f_ours, f_hf) in loads.items()
-            for side, f in (("ours", f_ours), ("HF", f_hf))
+            for name, (_, calls) in loads.items()
+            for side, f in calls.items()
         }
         with torch.no_grad():
             times = interleave(fns, rounds, args.warmup)
-        b1 = {side: 1 * args.new_tokens / median(times[("batch 1, greedy", side)]) for side in ("ours", "HF")}
-        for name, (n_rows, _, _) in loads.items():
-            tps = {side: n_rows * args.new_tokens / median(times[(name, side)]) for side in ("ours", "HF")}
-            secs = {side: [round(t, 2) for t in times[(name, side)]] for side in ("ours", "HF")}
-            print(f"  {dt} {name}: ours {tps['ours']:.1f} tok/s, HF {tps['HF']:.1f} tok/s "
-                  f"(ours {secs['ours']}, HF {secs['HF']})", flush=True)  # fmt: skip
-            rows.append([
+        b1 = {side: 1 * args.new_tokens / median(times[("batch 1, greedy", side)]) for side in sides}
+        for name, (n_rows, _) in loads.items():
+            tps = {side: n_rows * args.new_tokens / median(times[(name, side)]) for side in sides}
+            secs = {side: [round(t, 2) for t in times[(name, side)]] for side in sides}
+            speeds = ", ".join(f"{k} {v:.1f} tok/s {secs[k]}" for k, v in tps.items())
+            print(f"  {dt} {name}: {speeds}", flush=True)
+            row = [
                 name, dt, f"{tps['ours']:,.1f}", f"{tps['HF']:,.1f}", f"**{tps['ours'] / tps['HF']:.2f}x**",
                 f"{tps['ours'] / b1['ours']:.2f}x", f"{tps['HF'] / b1['HF']:.2f}x",
-            ])  # fmt: skip
+            ]  # fmt: skip
+            if args.cuda_graph:
+                row[5:5] = [f"{tps['graph']:,.1f}", f"**{tps['graph'] / tps['HF']:.2f}x**"]
+                row.append(f"{tps['graph'] / b1['graph']:.2f}x")
+            rows.append(row)
     header = ["workload", "weights", "ours tok/s", "HF tok/s", "speed-up", "ours vs its batch 1",
               "HF vs its batch 1"]  # fmt: skip
+    if args.cuda_graph:
+        header[5:5] = ["ours, CUDA graph tok/s", "graph speed-up"]
+        header.append("graph vs its batch 1")
     print()
     print(
         f"Generation, GPT-2 124M (random weights), {args.prompt_len}-token prompt, {args.new_tokens} new "

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Every GPU measurement the README waits for, in one command, so that a session lent a GPU for a few
-# minutes spends them measuring rather than typing: the CUDA-graph train step checked against the eager one
-# (tests/test_cuda_graph.py), bench.train in bf16 with ours eager and as one CUDA graph (MFU), the corpus
-# benchmark, train.py on CUDA packed (graph) and bucketed (--profile-memory), the memory comparison with the
-# CUDA allocator's figures, bench.generate (fp32 and bf16 weights), and what a new batch shape costs
-# (bench.shapes, with and without cuDNN attention). train-compile (torch.compile both sides) runs only when
-# GPU_STEPS names it. Under $OUT (or bench-out/): gpu.log, memory/memory_compare.{md,json,png}, and the
-# train.py run's summary.json and memory.json (six files: a device call brings back eight at most). On an
-# H100 (2026-11-26, two contenders, fp32 + bf16) train-step took 122 s, generate 74, memory 50, corpus 47,
-# train-py 31, bench.shapes ~25; --compile did not finish its two rows in 90 s, hence its 155.
+# minutes spends them measuring rather than typing: the CUDA-graph train step and decoder checked against
+# the eager ones (tests/test_cuda_graph.py), bench.train in bf16 with ours eager and as one CUDA graph (MFU),
+# the corpus benchmark, train.py on CUDA packed (graph) and bucketed (--profile-memory), the memory
+# comparison with the CUDA allocator's figures, bench.generate (fp32 and bf16 weights; ours also with one
+# CUDA graph per decode step), and what a new batch shape costs (bench.shapes, with and without cuDNN
+# attention). train-compile (torch.compile both sides) runs only when GPU_STEPS names it. Under $OUT (or
+# bench-out/): gpu.log, memory/memory_compare.{md,json,png}, and the train.py run's summary.json and
+# memory.json (six files: a device call brings back eight at most). On an H100 (2026-11-26) graph-test took
+# 15 s, train-step 93 (three contenders, bf16), corpus 58, train-py-pack 20, memory 53, train-py 20;
+# generate 74 and bench.shapes ~25 in an earlier version; --compile did not finish its two rows in 90 s.
 #
 #   bash bench/gpu.sh            # on a GPU machine; the default steps' limits add up to 575 s
 #   bash bench/gpu.sh --smoke    # the same commands on tiny shapes on this CPU (tests/test_bench.py)
@@ -89,7 +90,7 @@ train_py=(train.py --device "$dev" --init random --lora-rank 8 --data pysrc --ca
     --save-every 0 --out-dir "$run_dir" --overwrite "${run_args[@]}")
 step train-py-pack 40 "$py" "${train_py[@]}" --pack "${graph[@]}"
 step memory 60 "$py" -m profiler.memory --device "$dev" --compare "${mem_args[@]}" --out-dir "$out/memory"
-step generate 85 "$py" -m bench.generate --device "$dev" "${gen_args[@]}"
+step generate 85 "$py" -m bench.generate --device "$dev" "${gen_args[@]}" "${graph[@]}"
 rm -rf "$run_dir"  # so that only this call's run is copied out
 step train-py 40 "$py" "${train_py[@]}" --profile-memory
 [ -d "$run_dir" ] && cp "$run_dir/summary.json" "$run_dir/memory.json" "$out/" 2>>"$log"

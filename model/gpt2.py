@@ -156,8 +156,10 @@ class KVCache:
     """Preallocated keys/values for one layer: (B, nh, T_max, hs), filled left to right."""
 
     def __init__(self, B, nh, T_max, hs, device, dtype):
-        self.k = torch.empty(B, nh, T_max, hs, device=device, dtype=dtype)
-        self.v = torch.empty_like(self.k)
+        # zeros, not empty: a fixed-shape decode step (FixedShapeDecoder) reads the unwritten slots too, under
+        # a mask, and a masked NaN would still reach the output (0 x NaN)
+        self.k = torch.zeros(B, nh, T_max, hs, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
         self.len = 0
 
     def update(self, k, v):
@@ -171,6 +173,67 @@ class KVCache:
         """n samples per prompt: copy each row's cache n times after a single prefill."""
         self.k = self.k.repeat_interleave(n, dim=0)
         self.v = self.v.repeat_interleave(n, dim=0)
+
+
+class SlotKVCache:
+    """A KVCache seen at fixed shapes: update() writes at `slot`, a (1,) device tensor the caller sets, and
+    returns the whole (B, nh, T_max, hs) buffers; the attention mask hides the slots not written yet."""
+
+    def __init__(self, cache: KVCache, slot: torch.Tensor):
+        self.k, self.v, self.slot = cache.k, cache.v, slot
+
+    def update(self, k, v):  # k, v: (B, nh, 1, hs)
+        self.k.index_copy_(2, self.slot, k)
+        self.v.index_copy_(2, self.slot, v)
+        return self.k, self.v
+
+
+class FixedShapeDecoder:
+    """Decode steps whose shapes and addresses never change, replayed as one CUDA graph on a GPU.
+
+    The eager decode step attends over the t + 1 slots cached so far, a shape that grows every step. Here
+    every step attends over the whole cache, with `keep` (rows, T_max) masking the slots not written yet, and
+    writes its key/value at `slot`, a device tensor. So the step (the blocks and the vocabulary projection,
+    ~150 kernels for GPT-2 124M) can be captured once and replayed with a single launch: at batch 1 a GPU
+    decode step is host-bound (~3 ms of Python and launches around microseconds of work). On a CPU the same
+    fixed-shape step runs eagerly, which is how the tests compare it with the eager decoder."""
+
+    def __init__(self, model: GPT, caches: list[KVCache], keep: torch.Tensor):
+        dev, rows = keep.device, keep.size(0)
+        self.model, self.keep = model, keep  # keep: (rows, T_max) bool, updated in place
+        self.ids = torch.zeros(rows, 1, dtype=torch.long, device=dev)
+        self.pos = torch.zeros(rows, 1, dtype=torch.long, device=dev)
+        self.slot = torch.zeros(1, dtype=torch.long, device=dev)
+        self.caches = [SlotKVCache(c, self.slot) for c in caches]
+        self.graph = None
+
+    def _step(self) -> torch.Tensor:
+        self.keep.index_fill_(1, self.slot, True)  # the new token's own slot
+        mask = self.keep[:, None, None, :]  # (rows, 1, 1, T_max)
+        h = self.model.hidden(self.ids, pos=self.pos, mask=mask, caches=self.caches)  # (rows, 1, C)
+        return self.model.head_logits(h[:, -1])  # (rows, V)
+
+    def __call__(self, ids: torch.Tensor, pos: torch.Tensor, slot: int) -> torch.Tensor:
+        """Logits (rows, V) for ids (rows, 1) at positions pos (rows, 1), cached at slot. On a GPU they are
+        the graph's output tensor, overwritten by the next call."""
+        self.ids.copy_(ids)
+        self.pos.copy_(pos)
+        self.slot.fill_(slot)
+        if self.keep.device.type != "cuda":
+            return self._step()
+        if self.graph is None:
+            # Warm up on a side stream, as capture requires; the step is idempotent (the same slot gets the
+            # same values), so the replay below redoes it harmlessly.
+            here, side = torch.cuda.current_stream(), torch.cuda.Stream()
+            side.wait_stream(here)
+            with torch.cuda.stream(side):
+                self._step()
+            here.wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.logits = self._step()
+        self.graph.replay()
+        return self.logits
 
 
 class _CrossEntropyVN(torch.autograd.Function):
@@ -327,12 +390,15 @@ class GPT(nn.Module):
         eos: int | None = None,
         should_stop: Callable[[int, list[int]], bool] | None = None,
         generator: torch.Generator | None = None,
+        cuda_graph: bool = False,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (next ids (B*n,), still-running (B*n,) bool, on the CPU) once per new token.
 
         Prompts of different lengths are left-padded; each row gets its own positions and a key mask, so
         a row's ids equal those of the same prompt run alone. temperature 0 is greedy. Row b*n + j is
         sample j of prompt b. A row stops at `eos` or when should_stop(row, its new ids) is true.
+        cuda_graph: decode through FixedShapeDecoder (on a GPU one CUDA graph per step; on a CPU the same
+        fixed-shape steps run eagerly, slower: every step attends over the whole cache).
         """
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
@@ -355,7 +421,7 @@ class GPT(nn.Module):
         keep = torch.zeros(B, T_max, dtype=torch.bool, device=dev)  # (B, T_max): which cache slots are real
         for b, p in enumerate(prompts):
             idx[b, L - len(p) :] = torch.tensor(p, device=dev)
-            keep[b, L - len(p) :] = True
+            keep[b, L - len(p) : L] = True
         pos = (keep[:, :L].long().cumsum(1) - 1).clamp(min=0)  # (B, L): 0.. from each row's first real token
         padded = any(len(p) != L for p in prompts)
         cfg, dtype = self.config, self.transformer.wte.weight.dtype
@@ -372,6 +438,7 @@ class GPT(nn.Module):
                 c.repeat_rows(n)
             logits, keep, pos = (t.repeat_interleave(n, dim=0) for t in (logits, keep, pos))
         next_pos = pos[:, -1:] + 1  # (B*n, 1)
+        decoder = FixedShapeDecoder(self, caches, keep) if cuda_graph else None
         running = torch.ones(logits.size(0), dtype=torch.bool)  # on the CPU: read every step
         new_ids: list[list[int]] = [[] for _ in range(logits.size(0))]
         for step in range(max_new_tokens):
@@ -385,10 +452,13 @@ class GPT(nn.Module):
             if not running.any() or step == max_new_tokens - 1:
                 return
             t = L + step  # cache slot of the token just sampled
-            keep[:, t] = True
-            mask = keep[:, None, None, : t + 1] if padded else None  # (B*n, 1, 1, t+1)
-            h = self.hidden(nxt[:, None], pos=next_pos, mask=mask, caches=caches)  # (B*n, 1, C)
-            logits = self.head_logits(h[:, -1])
+            if decoder:
+                logits = decoder(nxt[:, None], next_pos, t)
+            else:
+                keep[:, t] = True
+                mask = keep[:, None, None, : t + 1] if padded else None  # (B*n, 1, 1, t+1)
+                h = self.hidden(nxt[:, None], pos=next_pos, mask=mask, caches=caches)  # (B*n, 1, C)
+                logits = self.head_logits(h[:, -1])
             next_pos = next_pos + 1
 
     def generate(self, prompts: list[list[int]], **kw) -> list[list[int]]:

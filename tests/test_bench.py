@@ -114,3 +114,27 @@ def test_benchmarks_refuse_bad_input_with_one_line_and_exit_code_2(module, argv,
     captured = capsys.readouterr()
     lines = [line for line in (captured.out + captured.err).splitlines() if "error" in line]
     assert len(lines) == 1 and "Traceback" not in captured.err
+
+
+def test_generate_bench_graph_side_is_ours_through_the_fixed_shape_decoder(randomize, monkeypatch):
+    """bench.generate --cuda-graph adds a side per workload; off a GPU its fixed-shape steps run eagerly."""
+    import torch
+
+    import model.gpt2 as G
+    from bench.generate import workloads
+    from model.gpt2 import GPT, config_for
+
+    built = []
+    init = G.FixedShapeDecoder.__init__
+    monkeypatch.setattr(G.FixedShapeDecoder, "__init__", lambda self, *a: built.append(1) or init(self, *a))
+
+    model = randomize(GPT(config_for("tiny", vocab_size=1024)), seed=5, std=0.3).eval()
+    prompt = torch.randint(0, 1024, (1, 5), generator=torch.Generator().manual_seed(0))
+    loads = workloads(model, None, prompt, new=6, n=3, seed=0, graph=True)
+    assert [rows for rows, _ in loads.values()] == [1, 3]
+    for rows, calls in loads.values():
+        assert set(calls) == {"ours", "HF", "graph"}
+        with torch.no_grad():
+            ours, graph = calls["ours"](), calls["graph"]()
+        assert graph == ours and len(graph) == rows and all(len(r) == 6 for r in graph)
+    assert len(built) == 2  # the graph side of each workload, not the ours side

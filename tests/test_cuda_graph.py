@@ -162,3 +162,29 @@ def test_the_memory_estimate_projects_every_position_under_a_graph():
     e, g = estimate(eager), estimate(graph)
     assert g["config"]["n_targets"] == 2 * 64 > e["config"]["n_targets"]
     assert g["components"]["logits"] > e["components"]["logits"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (bench/gpu.sh runs this)")
+def test_graph_decoding_gives_the_eager_decoders_ids_on_a_gpu(monkeypatch):
+    """generate(cuda_graph=True), fp32: left-padded prompts, two rows per prompt, one graph per call. (In
+    bf16 a near-tie may flip one greedy id and the row then diverges: the CPU test compares logits.)"""
+    captured = []
+
+    class CountingGraph(torch.cuda.CUDAGraph):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            captured.append(self)
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", CountingGraph)
+    torch.manual_seed(5)
+    model = GPT(config_for("tiny", vocab_size=1024))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)  # peaked distributions: greedy continuations vary
+    model = model.to("cuda").eval()
+    prompts = [[464, 329, 318], [154, 995, 11, 314, 101, 257, 133, 13, 137], [7]]
+    eager = model.generate(prompts, max_new_tokens=24, n=2)
+    graph = model.generate(prompts, max_new_tokens=24, n=2, cuda_graph=True)
+    assert len(captured) == 1
+    assert graph == eager
+    assert len({tuple(r) for r in graph}) > 1

@@ -139,3 +139,29 @@ def test_a_prompt_that_fills_the_context_is_a_clear_error(model):
         model.generate([[464] * 128], max_new_tokens=1)
     with pytest.raises(ValueError, match="past the context of 128 tokens"):
         model(torch.zeros(1, 129, dtype=torch.long))
+
+
+def test_fixed_shape_decoding_gives_the_eager_decoders_logits_and_ids(model, monkeypatch):
+    """generate(cuda_graph=True) decodes through FixedShapeDecoder: every step attends over the whole
+    cache under a mask (one CUDA graph per step on a GPU; here the same steps run eagerly). Left-padded
+    prompts, n rows per prompt, greedy and sampled: the same logits and ids as the eager decoder."""
+    logits = {False: [], True: []}
+    head = model.head_logits
+    for fixed in (False, True):
+        monkeypatch.setattr(
+            model, "head_logits", lambda h, f=fixed: logits[f].append(head(h)) or logits[f][-1]
+        )
+        greedy = model.generate(PROMPTS, max_new_tokens=20, n=2, cuda_graph=fixed)
+        if not fixed:
+            reference = greedy
+    monkeypatch.undo()
+    assert greedy == reference
+    assert len(logits[True]) == len(logits[False]) == 20  # the prefill, then 19 decode steps
+    for a, b in zip(logits[True], logits[False]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)  # another summation order
+    kw = dict(max_new_tokens=20, n=3, temperature=0.9, top_p=0.95)
+    sampled = [
+        model.generate(PROMPTS[:2], generator=torch.Generator().manual_seed(4), cuda_graph=fixed, **kw)
+        for fixed in (False, True)
+    ]
+    assert sampled[0] == sampled[1] and len({tuple(r) for r in sampled[0]}) > 1
