@@ -188,3 +188,37 @@ def test_graph_decoding_gives_the_eager_decoders_ids_on_a_gpu(monkeypatch):
     assert len(captured) == 1
     assert graph == eager
     assert len({tuple(r) for r in graph}) > 1
+
+
+def test_a_checkpoint_of_a_graph_run_resumes_with_plain_float_learning_rates(tmp_path):
+    """CudaGraphStep keeps lr as a device tensor and AdamW capturable; a checkpoint carries both. Loading
+    turns them back into what an eager step (on any device) wants; a new CudaGraphStep converts again."""
+    cfg = train.TrainConfig(model="tiny", init="random", lora_rank=4, max_len=64, lr=2e-4)
+    device = torch.device("cpu")
+
+    class Loader:
+        def state_dict(self):
+            return {"epoch": 0, "position": 3}
+
+        def load_state_dict(self, d):
+            self.loaded = d
+
+    def build():
+        torch.manual_seed(0)
+        model = train.build_model(cfg, device, torch.float32, log=lambda *a: None)
+        return model, train.make_optimizer(model, cfg, device)
+
+    model, opt = build()
+    for g in opt.param_groups:  # what CudaGraphStep.__init__ does
+        g["capturable"], g["lr"] = True, torch.tensor(float(g["lr"]))
+    train.set_lr(opt, 3e-4)
+    (b,) = Batches(Examples(4), batch_size=4, max_len=64, pack=True, shuffle=False)
+    train.train_step(model, model, [b], opt, None, train.nullcontext(), 1.0, device, False)
+    ckpt = train.save_checkpoint(tmp_path, 1, model, opt, None, Loader(), cfg, keep=2)
+    fresh, fresh_opt = build()
+    assert train.load_checkpoint(ckpt, fresh, fresh_opt, None, Loader(), cfg, device) == 1
+    assert all(g["lr"] == pytest.approx(3e-4) and type(g["lr"]) is float for g in fresh_opt.param_groups)
+    assert not any(g["capturable"] for g in fresh_opt.param_groups)
+    for (name, p), q in zip(model.named_parameters(), fresh.parameters()):
+        torch.testing.assert_close(q, p, msg=name)
+    train.train_step(fresh, fresh, [b], fresh_opt, None, train.nullcontext(), 1.0, device, False)  # steps
