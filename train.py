@@ -605,6 +605,8 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int, ddp: bo
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
+    if graph_on:
+        torch.cuda.set_device(device)  # a graph captures and replays on the current device: this one
     graphed = CudaGraphStep(model, raw_model, opt, dtype, cfg.grad_clip, device) if graph_on else None
     if graphed:
         log(f"train step: one CUDA graph, captured after {graphed.warmup} eager steps, then replayed")

@@ -221,18 +221,19 @@ class FixedShapeDecoder:
         self.slot.fill_(slot)
         if self.keep.device.type != "cuda":
             return self._step()
-        if self.graph is None:
-            # Warm up on a side stream, as capture requires; the step is idempotent (the same slot gets the
-            # same values), so the replay below redoes it harmlessly.
-            here, side = torch.cuda.current_stream(), torch.cuda.Stream()
-            side.wait_stream(here)
-            with torch.cuda.stream(side):
-                self._step()
-            here.wait_stream(side)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.logits = self._step()
-        self.graph.replay()
+        with torch.cuda.device(self.keep.device):  # capture and replay on the model's GPU
+            if self.graph is None:
+                # Warm up on a side stream, as capture requires; the step is idempotent (the same slot gets
+                # the same values), so the replay below redoes it harmlessly.
+                here, side = torch.cuda.current_stream(), torch.cuda.Stream()
+                side.wait_stream(here)
+                with torch.cuda.stream(side):
+                    self._step()
+                here.wait_stream(side)
+                self.graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(self.graph):
+                    self.logits = self._step()
+            self.graph.replay()
         return self.logits
 
 

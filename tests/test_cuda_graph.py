@@ -109,13 +109,14 @@ def shorter(b: dict) -> dict:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (bench/gpu.sh runs this)")
 @pytest.mark.parametrize(
-    "lora_rank, dtype, rows",
-    [(0, "fp32", 4), (8, "fp32", 4), (0, "bf16", 4), (8, "bf16", 4), (0, "bf16", 56)],
-)
-def test_graph_steps_match_eager_steps_on_a_gpu(lora_rank, dtype, rows):
+    "lora_rank, dtype, rows, accum",
+    [(0, "fp32", 4, 1), (8, "fp32", 4, 1), (0, "bf16", 4, 1), (8, "bf16", 4, 1), (0, "bf16", 56, 1),
+     (8, "fp32", 4, 2)],
+)  # fmt: skip
+def test_graph_steps_match_eager_steps_on_a_gpu(lora_rank, dtype, rows, accum):
     """Eight packed steps (one of another shape, which runs eagerly) with a changing learning rate: the
     graph's losses and final weights are the eager train_step's. 56 rows x 64 = 3,584 embedding lookups:
-    past 3,072, CUDA's embedding backward takes its sorting path."""
+    past 3,072, CUDA's embedding backward takes its sorting path. accum 2: two micro-batches a step."""
     device, torch_dtype = torch.device("cuda"), {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
     cfg = train.TrainConfig(
         model="tiny", init="random", lora_rank=lora_rank, dtype=dtype, lr=1e-3, max_len=64
@@ -124,23 +125,26 @@ def test_graph_steps_match_eager_steps_on_a_gpu(lora_rank, dtype, rows):
     eager_model = train.build_model(cfg, device, torch_dtype, log=lambda *a: None)
     graph_model = copy.deepcopy(eager_model)
     before = {n: p.detach().clone() for n, p in eager_model.named_parameters()}
-    batches = list(Batches(Examples(30 * rows), batch_size=rows, max_len=64, pack=True, shuffle=False))
-    same = [b for b in batches if b["idx"].shape == (rows, 64)][:7]
-    assert len(same) == 7, [b["idx"].shape for b in batches]
-    steps = same[:5] + [shorter(same[5])] + same[5:]
+    data = Examples(30 * rows * accum)
+    batches = list(Batches(data, batch_size=rows, max_len=64, pack=True, shuffle=False))
+    same = [b for b in batches if b["idx"].shape == (rows, 64)][: 7 * accum]
+    assert len(same) == 7 * accum, [b["idx"].shape for b in batches]
+    steps = [same[i : i + accum] for i in range(0, len(same), accum)]
+    steps.insert(5, [shorter(b) for b in steps[5]])
     amp = torch.autocast("cuda", torch_dtype) if torch_dtype != torch.float32 else train.nullcontext()
     eager_opt = train.make_optimizer(eager_model, cfg, device)
     graph_opt = train.make_optimizer(graph_model, cfg, device)
     graphed = train.CudaGraphStep(graph_model, graph_model, graph_opt, torch_dtype, 1.0, device)
     losses = {"eager": [], "graph": []}
-    for i, b in enumerate(steps):
+    for i, micro in enumerate(steps):
         lr = 1e-3 * (i + 1) / len(steps)
         train.set_lr(eager_opt, lr)
         train.set_lr(graph_opt, lr)
-        losses["eager"].append(
-            train.train_step(eager_model, eager_model, [b], eager_opt, None, amp, 1.0, device, False)[0]
+        eager_step = train.train_step(
+            eager_model, eager_model, micro, eager_opt, None, amp, 1.0, device, False
         )
-        losses["graph"].append(graphed([b])[0])
+        losses["eager"].append(eager_step[0])
+        losses["graph"].append(graphed(micro)[0])
     assert graphed.graph is not None and graphed.eager_steps == 1  # 2 warm-up, capture, 4 replays, 1 eager
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == "fp32" else dict(rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(torch.tensor(losses["graph"]), torch.tensor(losses["eager"]), **tol)
