@@ -506,17 +506,8 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int, ddp: bo
     ckpt = find_resume(cfg, out) if cfg.resume else None
     if ckpt is not None:  # the run's own config wins over flags, except how long to run and how often to log
         saved = runs.read_config(out)
-        keep = {
-            "resume",
-            "max_steps",
-            "epochs",
-            "log_every",
-            "eval_every",
-            "save_every",
-            "device",
-            "cuda_graph",
-            "dry_run",
-        }
+        keep = {"resume", "max_steps", "epochs", "log_every", "eval_every", "save_every", "device",
+                "cuda_graph", "dry_run"}  # fmt: skip
         cfg = dataclasses.replace(
             cfg, **{k: v for k, v in saved.items() if k not in keep and hasattr(cfg, k)}
         )
@@ -780,6 +771,7 @@ class CudaGraphStep:
             g["lr"] = torch.tensor(float(g["lr"]), device=device)
         self.scale = torch.ones((), device=device)  # 1 / the step's target count
         self.graph, self.shapes, self.steps, self.eager_steps = None, None, 0, 0
+        self.inputs, self.loss, self.grad_norm = None, None, None  # the graph's inputs and outputs (_capture)
 
     def amp(self):  # autocast's weight cache must be off inside a capture
         return (
