@@ -267,16 +267,16 @@ def bench_models(args, device: torch.device) -> str:
         specs = {"ours": spec, "HF": replace(spec, impl="hf")}
         if args.cuda_graph:
             specs["graph"] = replace(spec, cuda_graph=True)
-        pair = Contender.start(specs)
-        fpt = pair["ours"].flops_per_token  # model FLOPs: the same for both sides
+        contenders = Contender.start(specs)
+        fpt = contenders["ours"].flops_per_token  # model FLOPs: the same for both sides
         times = C.interleave(
-            {k: (lambda c=c: c.step(batch)) for k, c in pair.items()}, args.steps, args.warmup
+            {k: (lambda c=c: c.step(batch)) for k, c in contenders.items()}, args.steps, args.warmup
         )
-        mem = {k: c.close()["peak_bytes"] for k, c in pair.items()}
+        mem = {k: c.close()["peak_bytes"] for k, c in contenders.items()}
         tps = {k: tokens / C.median(v) for k, v in times.items()}
         hf_targets = "" if not targets else f" / PEFT {'+'.join(PEFT_TARGETS[targets])}"
         what = f"LoRA r=8 {targets}{hf_targets}" if targets else "full fine-tuning"
-        mfu = " / ".join(f"{100 * tps[k] * fpt / peaks[dtype]:.0f}%" for k in pair)
+        mfu = " / ".join(f"{100 * tps[k] * fpt / peaks[dtype]:.0f}%" for k in contenders)
         row = [what, dtype, f"{tps['ours']:,.0f}", f"{tps['HF']:,.0f}", f"**{tps['ours'] / tps['HF']:.2f}x**",
                C.mib(mem["ours"]), C.mib(mem["HF"]), f"{mem['ours'] / mem['HF']:.2f}", mfu]  # fmt: skip
         if args.cuda_graph:
@@ -285,10 +285,10 @@ def bench_models(args, device: torch.device) -> str:
         rows.append(row)
         steps = {k: [round(t, 2) for t in v] for k, v in times.items()}
         speeds = ", ".join(f"{k} {v:.0f} tok/s" for k, v in tps.items())
-        builds = ", ".join(f"{k} {c.build_s:.1f}" for k, c in pair.items())
+        builds = ", ".join(f"{k} {c.build_s:.1f}" for k, c in contenders.items())
         print(f"  {name}: {speeds} (steps s: {steps}; build s: {builds})", flush=True)
     header = ["training", "dtype", "ours tok/s", "HF+PEFT tok/s", "speed-up", "ours peak MiB", "HF peak MiB",
-              "memory ours/HF", "MFU " + " / ".join(pair)]  # fmt: skip
+              "memory ours/HF", "MFU ours / HF" + (" / graph" if args.cuda_graph else "")]  # fmt: skip
     if args.cuda_graph:
         header[5:5] = ["ours, CUDA graph tok/s", "graph speed-up"]
         header[-1:-1] = ["graph peak MiB"]
