@@ -100,6 +100,8 @@ def test_shapes_bench_times_first_and_second_pass_and_restores_the_attention_cho
         ("bench.shapes", ["--model", "nope"]),
         ("bench.generate", ["--n", "0"]),
         ("bench.generate", ["--prompt-len", "1000", "--new-tokens", "100"]),
+        ("bench.train", ["--cuda-graph"]),  # needs --device cuda
+        ("bench.generate", ["--cuda-graph"]),
     ],
 )
 def test_benchmarks_refuse_bad_input_with_one_line_and_exit_code_2(module, argv, capsys):
