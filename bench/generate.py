@@ -3,6 +3,7 @@
     python -m bench.generate              # batch 1 greedy and 10 samples per prompt, fp32 and bf16 weights
     python -m bench.generate --quick      # one weight dtype (bf16 where native, else fp32), 3 rounds
     python -m bench.generate --device cuda
+    python -m bench.generate --host-bound --threads 1   # each side's cost per decode step around the kernels
 
 One random GPT-2 124M (seeded) is saved by transformers and loaded by model/hf.py, so both sides hold the
 same weights; a greedy run checks that they also produce the same ids. The prompt is 64 random token ids;
@@ -10,6 +11,9 @@ every call makes exactly --new-tokens tokens per row (no end-of-text stop), so t
 tokens / seconds, prefill included. Each round makes one call of every workload on each side (ours b1,
 HF b1, ours n, HF n); medians of --rounds after a warm-up round.
 The pass@k workload is n=10 samples of one prompt (temperature 0.8, top-p 0.95): one prefill, ten rows.
+--host-bound keeps GPT-2's 12 layers and 12 heads but at width 48 with a 1,024-token vocabulary: the work
+per step is then tiny, and tokens/s measures what each side spends around its kernels (Python, dispatch,
+allocation). That cost is what bounds batch-1 decoding on a GPU, so on a CPU this is its proxy.
 """
 
 from __future__ import annotations
@@ -22,22 +26,23 @@ import torch
 
 from bench.common import interleave, machine_line, markdown_table, median, open_device, positive_int, timed
 
-VOCAB = 50257
+HOST_BOUND = dict(n_embd=48, vocab_size=1024)  # --host-bound: GPT-2's depth and heads, tiny matrices
 
 
-def load_pair(device: torch.device, seed: int = 0):
-    """(ours, hf) GPT-2 124M with the same random weights, in eval mode, fp32."""
+def load_pair(device: torch.device, seed: int = 0, **shape):
+    """(ours, hf) GPT-2 (124M, or GPT2Config(**shape)) with the same random weights, in eval mode, fp32."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from model.hf import load_pretrained
 
     torch.manual_seed(seed)
-    hf = GPT2LMHeadModel(GPT2Config()).eval()
+    last = shape.get("vocab_size", 50257) - 1  # GPT-2's <|endoftext|> is its last id
+    hf = GPT2LMHeadModel(GPT2Config(**shape, bos_token_id=last, eos_token_id=last)).eval()
     with tempfile.TemporaryDirectory() as d:
         hf.save_pretrained(d)
         ours = load_pretrained(d, device=device)
     hf.generation_config.eos_token_id = None  # every call makes exactly max_new_tokens tokens
-    hf.generation_config.pad_token_id = 50256
+    hf.generation_config.pad_token_id = last
     return ours.eval(), hf.to(device)
 
 
@@ -98,6 +103,12 @@ def parse_args(argv=None):
         help="also ours with one CUDA graph per decode step (--device cuda)",
     )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument(
+        "--host-bound",
+        action="store_true",
+        help="GPT-2's layers and heads at width 48, vocabulary 1,024: measures the cost per step around the "
+        "kernels (a CPU proxy for batch-1 decoding on a GPU)",
+    )
     return p.parse_args(argv)
 
 
@@ -122,10 +133,11 @@ def main(argv=None) -> int:
     )
     dtypes = [native] if args.quick and args.dtypes == "auto" else dtypes
     rounds = min(3, args.rounds) if args.quick else args.rounds
-    ours, hf = load_pair(device)
-    prompt = torch.randint(0, VOCAB, (1, args.prompt_len), generator=torch.Generator().manual_seed(1)).to(
-        device
-    )
+    shape = HOST_BOUND if args.host_bound else {}
+    ours, hf = load_pair(device, **shape)
+    vocab = ours.config.vocab_size
+    prompt = torch.randint(0, vocab, (1, args.prompt_len), generator=torch.Generator().manual_seed(1))
+    prompt = prompt.to(device)
     with torch.no_grad():
         a = ours.generate([prompt[0].tolist()], max_new_tokens=16)[0]
         b = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=16, do_sample=False)
@@ -169,8 +181,9 @@ def main(argv=None) -> int:
         header[5:5] = ["ours, CUDA graph tok/s", "graph speed-up"]
         header.append("graph vs its batch 1")
     print()
+    model = "GPT-2 124M" if not shape else "GPT-2's 12 layers x 12 heads at width 48, vocabulary 1,024"
     print(
-        f"Generation, GPT-2 124M (random weights), {args.prompt_len}-token prompt, {args.new_tokens} new "
+        f"Generation, {model} (random weights), {args.prompt_len}-token prompt, {args.new_tokens} new "
         f"tokens per row, KV cache, median of {rounds} rounds after {args.warmup} warm-up (each round: one "
         f"call of every workload on each side):\n"
     )

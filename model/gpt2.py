@@ -62,16 +62,20 @@ def _onednn_linear():
 
 
 _ONEDNN_LINEAR = _onednn_linear()
+ONEDNN_MIN_WEIGHT = 2**19  # entries; GPT-2 124M's smallest matrix, attn.c_proj, has 589,824
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear; on CPU in fp32 with autograd off (decoding, evaluation) oneDNN runs it instead of MKL. For
     GPT-2's matrices that reads the weights 1.5x faster for one row and 1.8x for ten (docs/benchmarks.md).
-    oneDNN's op has no backward, so training keeps F.linear."""
+    Only for large weights: oneDNN spends ~40 us per call, which its second thread wins back from ~0.5M
+    entries up (below that MKL is faster: 12 against 37 us for 128 x 512). oneDNN's op has no backward, so
+    training keeps F.linear."""
     if (
         _ONEDNN_LINEAR is not None
+        and x.is_cpu  # first: a GPU's call (host-bound while decoding) leaves after one check
         and not torch.is_grad_enabled()
-        and x.device.type == "cpu"
+        and weight.numel() >= ONEDNN_MIN_WEIGHT
         and x.dtype == weight.dtype == torch.float32
     ):
         return _ONEDNN_LINEAR(x, weight, bias, "none", [], "")
@@ -97,6 +101,12 @@ def _checkpointed(block: nn.Module, x, mask, cache):
         return block(x, mask, cache)
 
 
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """F.dropout, skipped where it does nothing (eval, p = 0). A decode step would otherwise pay Python's
+    cost of two dropout calls per layer for no work: ~5% of a host-bound step (docs/benchmarks.md)."""
+    return F.dropout(x, p, training) if training and p > 0 else x
+
+
 class Linear(nn.Linear):
     """nn.Linear (same parameters and state dict) whose product goes through linear() above."""
 
@@ -110,14 +120,12 @@ class CausalSelfAttention(nn.Module):
         self.n_head, self.dropout = cfg.n_head, cfg.dropout
         self.c_attn = Linear(cfg.n_embd, 3 * cfg.n_embd)  # q|k|v fused: C -> 3C
         self.c_proj = Linear(cfg.n_embd, cfg.n_embd)
-        self.resid_dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x, mask=None, cache=None):
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
-        q, k, v = (
-            t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v)
-        )  # (B, nh, T, hs)
+        # (B, T, 3C) -> 3 x (B, nh, T, hs): one view and one permute for q, k and v together
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         if cache is not None:  # append this step's keys/values; attend over everything cached so far
             k, v = cache.update(k, v)  # (B, nh, T_past + T, hs)
         # mask None -> plain causal (training without packing, or a prefill without padding).
@@ -125,7 +133,7 @@ class CausalSelfAttention(nn.Module):
         p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
-        return self.resid_dropout(self.c_proj(y))
+        return dropout(self.c_proj(y), self.dropout, self.training)
 
 
 class MLP(nn.Module):
@@ -133,10 +141,11 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = Linear(cfg.n_embd, 4 * cfg.n_embd)
         self.c_proj = Linear(4 * cfg.n_embd, cfg.n_embd)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = cfg.dropout
 
     def forward(self, x):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))  # GPT-2's gelu_new
+        y = self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))  # GPT-2's gelu_new
+        return dropout(y, self.dropout, self.training)
 
 
 class Block(nn.Module):
@@ -164,10 +173,10 @@ class KVCache:
 
     def update(self, k, v):
         T = k.size(2)
-        self.k[:, :, self.len : self.len + T] = k
-        self.v[:, :, self.len : self.len + T] = v
+        self.k.narrow(2, self.len, T).copy_(k)
+        self.v.narrow(2, self.len, T).copy_(v)
         self.len += T
-        return self.k[:, :, : self.len], self.v[:, :, : self.len]
+        return self.k.narrow(2, 0, self.len), self.v.narrow(2, 0, self.len)
 
     def repeat_rows(self, n: int):
         """n samples per prompt: copy each row's cache n times after a single prefill."""

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,6 +49,21 @@ def test_generate_bench_checks_greedy_ids_and_prints_both_workloads(capsys):
     rows = table_rows(out)
     assert [r[0] for r in rows] == ["batch 1, greedy", f"{n} samples of 1 prompt (pass@k)"]
     assert all(float(r[2]) > 0 and float(r[3]) > 0 for r in rows)
+
+
+def test_generate_bench_host_bound_shapes(capsys):
+    """--host-bound: both sides at GPT-2's depth and heads but width 48 and a 1,024-token vocabulary, still
+    the same weights (same greedy ids), and the table says which model it timed."""
+    from bench.generate import HOST_BOUND, load_pair, main
+
+    ours, hf = load_pair(torch.device("cpu"), **HOST_BOUND)
+    assert (ours.config.n_embd, ours.config.vocab_size, ours.config.n_layer) == (48, 1024, 12)
+    assert hf.config.n_embd == 48 and hf.lm_head.weight.shape == (1024, 48)
+    argv = ["--host-bound", "--prompt-len", "4", "--new-tokens", "3", "--n", "2", "--rounds", "1"]
+    assert main(argv + ["--warmup", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "ours == HF: True" in out and "at width 48, vocabulary 1,024" in out
+    assert len(table_rows(out)) == 2
 
 
 def test_gpu_script_runs_every_step_in_smoke_mode(tmp_path):

@@ -161,6 +161,29 @@ def test_linear_without_autograd_runs_onednn_and_equals_f_linear():
     torch.testing.assert_close(x.grad, w.sum(0).expand(3, -1), rtol=1e-5, atol=1e-5)
 
 
+def test_linear_sends_only_large_weights_to_onednn(monkeypatch):
+    """oneDNN spends ~40 us per call: linear() gives it weights of ONEDNN_MIN_WEIGHT entries or more (all of
+    GPT-2 124M's) and gives F.linear the small ones, and every product with autograd on."""
+    import model.gpt2 as M
+
+    seen = []
+
+    def recording(x, w, b, *rest):
+        seen.append(tuple(w.shape))
+        return torch.nn.functional.linear(x, w, b)
+
+    monkeypatch.setattr(M, "_ONEDNN_LINEAR", recording)
+    x = torch.randn(1, 768)
+    small, large = torch.randn(128, 768), torch.randn(768, 768)  # 98,304 and 589,824 entries
+    assert small.numel() < M.ONEDNN_MIN_WEIGHT <= large.numel()
+    with torch.no_grad():
+        M.linear(x, small)
+        M.linear(x, large)
+        M.linear(x.double(), large.double())  # oneDNN's path is fp32 only
+    M.linear(x, large)  # autograd on
+    assert seen == [(768, 768)]
+
+
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_attention_runs_without_cudnn_on_a_gpu_recompute_included(monkeypatch, checkpointing):
     """On a GPU every attention call runs with cuDNN's attention off: cuDNN plans per shape, ~200 ms for
