@@ -161,6 +161,24 @@ def test_linear_without_autograd_runs_onednn_and_equals_f_linear():
     torch.testing.assert_close(x.grad, w.sum(0).expand(3, -1), rtol=1e-5, atol=1e-5)
 
 
+def test_dropout_acts_in_training_only_in_attention_and_mlp_outputs():
+    """cfg.dropout zeroes about that share of the attention's and the MLP's outputs in train mode, none in
+    eval mode; dropout() hands its input back untouched where it would do nothing (eval, p = 0)."""
+    from model.gpt2 import GPT, config_for, dropout
+
+    x = torch.randn(3, 4)
+    assert dropout(x, 0.5, False) is x and dropout(x, 0.0, True) is x
+    model = GPT(config_for("tiny", vocab_size=64, dropout=0.5))
+    block = model.transformer.h[0]
+    h = torch.randn(4, 16, model.config.n_embd)
+    for module in (block.attn, block.mlp):
+        module.train()
+        zeros = (module(h) == 0).float().mean().item()
+        assert 0.4 < zeros < 0.6, zeros
+        module.eval()
+        assert (module(h) == 0).sum() == 0
+
+
 def test_linear_sends_only_large_weights_to_onednn(monkeypatch):
     """oneDNN spends ~40 us per call: linear() gives it weights of ONEDNN_MIN_WEIGHT entries or more (all of
     GPT-2 124M's) and gives F.linear the small ones, and every product with autograd on."""
