@@ -8,6 +8,7 @@ transpose of the four Conv1D weights (see model/hf.py); `lm_head` shares its wei
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable, Iterator
@@ -70,7 +71,21 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     GPT-2's matrices that reads the weights 1.5x faster for one row and 1.8x for ten (docs/benchmarks.md).
     Only for large weights: oneDNN spends ~40 us per call, which its second thread wins back from ~0.5M
     entries up (below that MKL is faster: 12 against 37 us for 128 x 512). oneDNN's op has no backward, so
-    training keeps F.linear."""
+    training keeps F.linear.
+    Inside torch.compile (generate(compile=True)) oneDNN's op cannot run: inductor lowers it only for frozen
+    weights. There one row on a CPU in fp32 is written as multiply-and-sum, which inductor turns into one
+    reduction kernel that reads the weight at ~20 GB/s, the rate of a plain sum, where oneDNN reads GPT-2's
+    2-9 MB matrices at ~15 (docs/benchmarks.md); anything else is F.linear."""
+    if torch.compiler.is_compiling():
+        if (
+            x.is_cpu
+            and x.dtype == torch.float32
+            and x.shape[:-1].numel() == 1
+            and not torch.is_grad_enabled()
+        ):
+            y = (weight * x.reshape(1, -1)).sum(-1).view(*x.shape[:-1], -1)  # (..., 1 row, N)
+            return y if bias is None else y + bias
+        return F.linear(x, weight, bias)
     if (
         _ONEDNN_LINEAR is not None
         and x.is_cpu  # first: a GPU's call (host-bound while decoding) leaves after one check
@@ -198,16 +213,19 @@ class SlotKVCache:
 
 
 class FixedShapeDecoder:
-    """Decode steps whose shapes and addresses never change, replayed as one CUDA graph on a GPU.
+    """Decode steps whose shapes and addresses never change: replayed as one CUDA graph on a GPU, or run
+    through torch.compile on a CPU.
 
     The eager decode step attends over the t + 1 slots cached so far, a shape that grows every step. Here
     every step attends over the whole cache, with `keep` (rows, T_max) masking the slots not written yet, and
     writes its key/value at `slot`, a device tensor. So the step (the blocks and the vocabulary projection,
     ~150 kernels for GPT-2 124M) can be captured once and replayed with a single launch: at batch 1 a GPU
     decode step is host-bound (~3 ms of Python and launches around microseconds of work). On a CPU the same
-    fixed-shape step runs eagerly, which is how the tests compare it with the eager decoder."""
+    step is one graph for torch.compile (compile=True), where each one-row product becomes a reduction that
+    reads its weight at the memory's rate (see linear()). Otherwise a CPU runs the step eagerly, which is
+    how the tests compare it with the eager decoder."""
 
-    def __init__(self, model: GPT, caches: list[KVCache], keep: torch.Tensor):
+    def __init__(self, model: GPT, caches: list[KVCache], keep: torch.Tensor, compile: bool = False):
         dev, rows = keep.device, keep.size(0)
         self.model, self.keep = model, keep  # keep: (rows, T_max) bool, updated in place
         self.ids = torch.zeros(rows, 1, dtype=torch.long, device=dev)
@@ -215,6 +233,7 @@ class FixedShapeDecoder:
         self.slot = torch.zeros(1, dtype=torch.long, device=dev)
         self.caches = [SlotKVCache(c, self.slot) for c in caches]
         self.graph = None
+        self.run = functools.partial(_compiled_step(), self) if compile else self._step
 
     def _step(self) -> torch.Tensor:
         self.keep.index_fill_(1, self.slot, True)  # the new token's own slot
@@ -229,7 +248,7 @@ class FixedShapeDecoder:
         self.pos.copy_(pos)
         self.slot.fill_(slot)
         if self.keep.device.type != "cuda":
-            return self._step()
+            return self.run()
         with torch.cuda.device(self.keep.device):  # capture and replay on the model's GPU
             if self.graph is None:
                 # Warm up on a side stream, as capture requires; the step is idempotent (the same slot gets
@@ -244,6 +263,17 @@ class FixedShapeDecoder:
                     self.logits = self._step()
             self.graph.replay()
         return self.logits
+
+
+@functools.cache
+def _compiled_step() -> Callable[[FixedShapeDecoder], torch.Tensor]:
+    """FixedShapeDecoder._step through torch.compile, made once per process. Dynamo keeps a graph per
+    shape and dtype (rows, T_max): the first one compiles in ~20 s for GPT-2 124M on 2 cores, and after a
+    second T_max one graph with T_max dynamic serves every prompt length.
+    realize_opcount_threshold 0: inductor stores every computed vector (a LayerNorm's output, say) instead
+    of recomputing it inside the reduction that reads it. A one-row product reads its input once per output
+    row, so recomputed, the head's ln_f ran 50,257 times per token and read the weights at ~14 GB/s."""
+    return torch.compile(FixedShapeDecoder._step, options={"realize_opcount_threshold": 0})
 
 
 class _CrossEntropyVN(torch.autograd.Function):
@@ -321,7 +351,8 @@ class GPT(nn.Module):
             last = start + T - 1
             pos = torch.arange(start, start + T, device=idx.device).unsqueeze(0)  # (1, T)
         else:  # reading pos.max() waits for the device: only where that costs nothing
-            last = int(pos.max()) if pos.device.type == "cpu" else 0
+            host = pos.device.type == "cpu" and not torch.compiler.is_compiling()  # no host reads in a graph
+            last = int(pos.max()) if host else 0
         if last >= self.config.block_size:
             raise ValueError(
                 f"sequence reaches position {last}, past the context of {self.config.block_size} tokens"
@@ -401,6 +432,7 @@ class GPT(nn.Module):
         should_stop: Callable[[int, list[int]], bool] | None = None,
         generator: torch.Generator | None = None,
         cuda_graph: bool = False,
+        compile: bool = False,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (next ids (B*n,), still-running (B*n,) bool, on the CPU) once per new token.
 
@@ -409,10 +441,15 @@ class GPT(nn.Module):
         sample j of prompt b. A row stops at `eos` or when should_stop(row, its new ids) is true.
         cuda_graph: decode through FixedShapeDecoder (on a GPU one CUDA graph per step; on a CPU the same
         fixed-shape steps run eagerly, slower: every step attends over the whole cache).
+        compile: on a CPU, decode one fp32 row (one prompt, n = 1) through FixedShapeDecoder compiled by
+        torch.compile: for GPT-2 124M ~1.4x the tokens/s after a ~20 s compile (docs/benchmarks.md). More
+        rows, or other dtypes, decode eagerly: there oneDNN, which a compiled graph cannot call, is faster.
         """
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
         dev = self.transformer.wte.weight.device
+        if compile and (cuda_graph or dev.type != "cpu"):
+            raise ValueError("compile=True decodes on a CPU; on a GPU use cuda_graph=True")
         B, L = len(prompts), max(len(p) for p in prompts)
         T_max = L + max_new_tokens
         if T_max > self.config.block_size:
@@ -448,7 +485,8 @@ class GPT(nn.Module):
                 c.repeat_rows(n)
             logits, keep, pos = (t.repeat_interleave(n, dim=0) for t in (logits, keep, pos))
         next_pos = pos[:, -1:] + 1  # (B*n, 1)
-        decoder = FixedShapeDecoder(self, caches, keep) if cuda_graph else None
+        compile = compile and logits.size(0) == 1 and dtype == torch.float32
+        decoder = FixedShapeDecoder(self, caches, keep, compile) if cuda_graph or compile else None
         running = torch.ones(logits.size(0), dtype=torch.bool)  # on the CPU: read every step
         new_ids: list[list[int]] = [[] for _ in range(logits.size(0))]
         for step in range(max_new_tokens):

@@ -3,6 +3,8 @@ respects top-k / top-p, rows stop at eos or a stop condition, and the context li
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -165,3 +167,53 @@ def test_fixed_shape_decoding_gives_the_eager_decoders_logits_and_ids(model, mon
         for fixed in (False, True)
     ]
     assert sampled[0] == sampled[1] and len({tuple(r) for r in sampled[0]}) > 1
+
+
+def test_compiled_decoding_of_one_fp32_row_gives_the_eager_decoders_ids(model, monkeypatch):
+    """generate(compile=True) on a CPU: one row decodes through FixedShapeDecoder under torch.compile, whose
+    one-row products are reductions (linear()). Prompts of three lengths (a graph, then one with T_max
+    dynamic), greedy and sampled: the eager decoder's ids. More rows decode eagerly, as does bf16."""
+    import model.gpt2 as G
+
+    built = []
+    init = G.FixedShapeDecoder.__init__
+    monkeypatch.setattr(
+        G.FixedShapeDecoder, "__init__", lambda self, *a: built.append(a[-1]) or init(self, *a)
+    )
+    for prompt in PROMPTS[:3]:
+        eager = model.generate([prompt], max_new_tokens=20)
+        assert model.generate([prompt], max_new_tokens=20, compile=True) == eager
+    kw = dict(max_new_tokens=20, temperature=0.9, top_p=0.95)
+    sampled = [
+        model.generate([PROMPTS[1]], generator=torch.Generator().manual_seed(4), compile=c, **kw)
+        for c in (False, True)
+    ]
+    assert sampled[0] == sampled[1]
+    assert built == [True] * 4
+    model.generate(PROMPTS[:2], max_new_tokens=4, compile=True)  # two rows: eager
+    model.generate([PROMPTS[0]], max_new_tokens=4, n=2, temperature=0.9, compile=True)
+    copy.deepcopy(model).to(torch.bfloat16).generate([PROMPTS[0]], max_new_tokens=4, compile=True)
+    assert built == [True] * 4
+    with pytest.raises(ValueError, match="on a GPU use cuda_graph"):
+        model.generate([PROMPTS[0]], max_new_tokens=4, compile=True, cuda_graph=True)
+
+
+def test_a_compiled_step_gives_the_eager_steps_logits(model):
+    """The same decoder state, one step eagerly and one through torch.compile: the same logits."""
+    from model.gpt2 import FixedShapeDecoder, KVCache
+
+    cfg = model.config
+    caches = [
+        KVCache(1, cfg.n_head, 16, cfg.n_embd // cfg.n_head, "cpu", torch.float32) for _ in range(cfg.n_layer)
+    ]
+    for c in caches:
+        c.k.normal_(), c.v.normal_()
+    keep = torch.zeros(1, 16, dtype=torch.bool)
+    keep[:, :9] = True
+    eager, compiled = (
+        FixedShapeDecoder(model, caches, keep.clone()),
+        FixedShapeDecoder(model, caches, keep, True),
+    )
+    with torch.no_grad():
+        args = (torch.tensor([[17]]), torch.tensor([[9]]), 9)
+        torch.testing.assert_close(compiled(*args), eager(*args), rtol=1e-5, atol=1e-5)

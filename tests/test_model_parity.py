@@ -232,3 +232,35 @@ def test_attention_runs_without_cudnn_on_a_gpu_recompute_included(monkeypatch, c
         assert torch.backends.cuda.cudnn_sdp_enabled()
     with real(torch.device("cuda")):  # a GPU: everything but cuDNN
         assert not torch.backends.cuda.cudnn_sdp_enabled() and torch.backends.cuda.flash_sdp_enabled()
+
+
+def test_linear_under_torch_compile_is_a_reduction_for_one_fp32_row(monkeypatch):
+    """Inside torch.compile (generate(compile=True)) oneDNN's op cannot run: linear() writes one fp32 row as
+    multiply-and-sum (one reduction kernel for inductor) and everything else as F.linear. Traced here at
+    the aten level, with is_compiling() patched on: the ops each case emits, and the same numbers."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import model.gpt2 as M
+
+    class Ops(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.add(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    g = torch.Generator().manual_seed(0)
+    w, b = torch.randn(96, 64, generator=g), torch.randn(96, generator=g)
+    cases = [  # input, autograd, expect the reduction
+        (torch.randn(1, 1, 64, generator=g), False, True),
+        (torch.randn(1, 64, generator=g), False, True),
+        (torch.randn(3, 64, generator=g), False, False),
+        (torch.randn(1, 64, generator=g).double(), False, False),
+        (torch.randn(1, 64, generator=g), True, False),
+    ]
+    for x, grad, reduction in cases:
+        wx, bx = w.to(x.dtype), b.to(x.dtype)
+        with torch.set_grad_enabled(grad), Ops() as ops:
+            ops.seen = set()
+            y = M.linear(x, wx, bx)
+        assert ("sum" in ops.seen and not ops.seen & {"addmm", "mm", "linear"}) == reduction, ops.seen
+        torch.testing.assert_close(y, torch.nn.functional.linear(x, wx, bx), rtol=1e-5, atol=1e-5)
