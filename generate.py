@@ -16,6 +16,8 @@ import argparse
 import codecs
 import dataclasses
 import json
+import os
+import shutil
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -91,6 +93,7 @@ def complete(
     batch_size: int = 8,
     on_text: Callable[[int, str], None] | None = None,
     progress: bool = False,
+    compile: bool = False,
 ) -> list[list[str]]:
     """n completions per prompt (text only, never the prompt), each cut at <|endoftext|> and at the first
     stop sequence; a row stops generating as soon as it is cut.
@@ -98,7 +101,8 @@ def complete(
     Prompts go through the model `batch_size` at a time (so batch_size * n rows), shortest first to waste
     little padding. temperature 0 is greedy; sampling draws from one torch.Generator seeded with `seed`.
     on_text(row, piece) receives each row's text as it becomes final, row = prompt index * n + sample
-    index; the pieces of a row add up to its completion exactly.
+    index; the pieces of a row add up to its completion exactly. compile: GPT.generate_stream's (one fp32
+    row on a CPU through torch.compile).
     """
     tok = get_tokenizer()
     stops = [*stop, EOT_TEXT]  # the token ends a row; the literal text ends it too
@@ -137,6 +141,7 @@ def complete(
             eos=tok.eot,
             should_stop=should_stop,
             generator=gen,
+            compile=compile,
         )
         for _, running in stream:  # tokens are fed in should_stop; here rows that ended are flushed
             for r in (~running).nonzero().flatten().tolist():
@@ -202,6 +207,11 @@ class GenerateConfig:
     stream: bool | None = opt(None, "print tokens as they come (default: when stdout is a terminal; n=1)")
     device: str = opt("auto", "auto, cpu, cuda, cuda:N")
     dtype: str = opt("auto", "auto (bf16/fp16 on a GPU, fp32 on CPU), fp32, bf16, fp16", choices=DTYPES)
+    compile: bool = opt(
+        False,
+        "CPU, one completion at a time: decode through torch.compile (GPT-2 124M ~1.4x the tokens/s after "
+        "a ~20 s compile on the first docstring; needs a C++ compiler)",
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> GenerateConfig:
@@ -250,6 +260,22 @@ def check_config(cfg: GenerateConfig) -> None:
         raise UsageError(f"--timeout {cfg.timeout}: the sandbox needs a positive time limit")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {cfg.device} asked for CUDA, but no GPU is visible; pass --device cpu")
+    if cfg.compile:
+        check_compile(cfg)
+
+
+def check_compile(cfg: GenerateConfig) -> None:
+    """--compile: fp32 decoding on a CPU, with a C++ compiler for inductor's kernels."""
+    if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()):
+        raise UsageError("--compile is for decoding on a CPU; drop it on a GPU (or pass --device cpu)")
+    if cfg.dtype not in ("auto", "fp32"):
+        raise UsageError(f"--compile decodes fp32 weights; drop --dtype {cfg.dtype} or --compile")
+    cxx = os.environ.get("CXX", "g++")
+    if not shutil.which(cxx):
+        raise UsageError(
+            f"--compile needs a C++ compiler ({cxx}) for torch.compile's CPU kernels; install one "
+            "(apt-get install g++) or drop --compile"
+        )
 
 
 def resolve_prompt_format(cfg: GenerateConfig) -> str:
@@ -335,6 +361,8 @@ class Assistant:
             )
         if s.n > 1 and s.temperature == 0:
             print(f"note: temperature 0 is greedy: the {s.n} samples will be identical", file=self.err)
+        if s.n > 1 and s.compile:
+            print(f"note: --compile decodes one row; the {s.n} samples decode eagerly", file=self.err)
 
     def answer(self, docstring: str) -> dict:
         s, out = self.cfg, self.out
@@ -358,6 +386,7 @@ class Assistant:
                     max_new_tokens=s.max_new_tokens,
                     stop=STOP_SEQUENCES,
                     seed=s.seed,
+                    compile=s.compile,
                     on_text=(lambda _row, piece: (out.write(piece), out.flush())) if stream else None,
                 )[0]
         except ValueError as e:  # a prompt that fills the model's whole context

@@ -197,11 +197,32 @@ def test_a_run_folder_is_loaded_with_the_prompt_format_it_was_trained_with(capsy
         ([*TINY, "--prompt", DOC, DOC], "pass the docstring once"),
         ([*TINY, "word " * 200], "fills the context of 128 tokens"),
         ([*TINY, "--signature", "def f(x):", DOC], "--signature and --func-name shape the docstring"),
+        ([*TINY, "--compile", "--dtype", "bf16", DOC], "--compile decodes fp32 weights"),
     ],
 )
 def test_bad_input_is_one_clear_sentence(args, message):
     with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
         generate.main(args)
+
+
+def test_compile_needs_a_cpu_and_a_cpp_compiler(monkeypatch):
+    monkeypatch.setattr(generate.torch.cuda, "is_available", lambda: True)
+    with pytest.raises(UsageError, match="--compile is for decoding on a CPU"):
+        generate.main([*TINY, "--compile", DOC])  # auto picks the GPU
+    with pytest.raises(UsageError, match="--compile is for decoding on a CPU"):
+        generate.main([*TINY, "--compile", "--device", "cuda", DOC])
+    monkeypatch.setenv("CXX", "no-such-compiler-here")
+    with pytest.raises(UsageError, match=r"needs a C\+\+ compiler \(no-such-compiler-here\)"):
+        generate.main([*TINY, "--compile", "--device", "cpu", DOC])
+
+
+def test_compiled_decoding_prints_the_eager_completion(capsys):
+    """--compile changes the speed, not the text; with --n 2 it says the samples decode eagerly."""
+    eager, _ = run_cli(capsys, *TINY, "--no-stream", DOC)
+    compiled, _ = run_cli(capsys, *TINY, "--no-stream", "--compile", DOC)
+    assert compiled == eager
+    _, err = run_cli(capsys, *TINY, "--compile", "--n", "2", "--temperature", "0.5", DOC)
+    assert "note: --compile decodes one row; the 2 samples decode eagerly" in err
 
 
 def test_a_run_trained_with_another_prompt_format_is_refused(tmp_path):
