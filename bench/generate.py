@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import time
 
 import torch
 
@@ -46,9 +47,12 @@ def load_pair(device: torch.device, seed: int = 0, **shape):
     return ours.eval(), hf.to(device)
 
 
-def workloads(ours, hf, prompt: torch.Tensor, new: int, n: int, seed: int, graph: bool = False):
-    """name -> (rows, {side: call}) for batch 1 greedy and n samples of one prompt; sides ours, HF, and
-    with graph ours decoding through one CUDA graph per step (generate(cuda_graph=True))."""
+def workloads(
+    ours, hf, prompt: torch.Tensor, new: int, n: int, seed: int, graph: bool = False, compiled: bool = False
+):
+    """name -> (rows, {side: call}) for batch 1 greedy and n samples of one prompt; sides ours, HF, with
+    graph ours decoding through one CUDA graph per step (generate(cuda_graph=True)), and with compiled
+    ours at batch 1 through torch.compile (generate(compile=True), which decodes one row)."""
     ids = prompt.tolist()
     attn = torch.ones_like(prompt)
     g = torch.Generator(device=prompt.device)
@@ -80,6 +84,8 @@ def workloads(ours, hf, prompt: torch.Tensor, new: int, n: int, seed: int, graph
     if graph:
         for _, calls in loads.values():
             calls["graph"] = lambda f=calls["ours"]: f(cuda_graph=True)
+    if compiled:
+        loads["batch 1, greedy"][1]["compiled"] = lambda: ours_greedy(compile=True)
     return loads
 
 
@@ -102,6 +108,11 @@ def parse_args(argv=None):
         action="store_true",
         help="also ours with one CUDA graph per decode step (--device cuda)",
     )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also ours at batch 1 decoding through torch.compile (CPU, fp32; compiled in the warm-up)",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument(
         "--host-bound",
@@ -122,6 +133,12 @@ def main(argv=None) -> int:
         return 2
     if args.cuda_graph and device.type != "cuda":
         print("error: --cuda-graph needs --device cuda")
+        return 2
+    if args.compile and device.type != "cpu":
+        print("error: --compile decodes on a CPU (on a GPU: --cuda-graph)")
+        return 2
+    if args.compile and args.warmup < 1:
+        print("error: --compile needs a warm-up round (--warmup 1 or more): it holds the compile time")
         return 2
     from bench.train import auto_dtype
 
@@ -146,12 +163,28 @@ def main(argv=None) -> int:
     if args.cuda_graph:
         c = ours.generate([prompt[0].tolist()], max_new_tokens=16, cuda_graph=True)[0]
         print(f"greedy ids, fp32, first 16 tokens: ours with the CUDA graph == HF: {c == hf_ids}")
-    sides = ("ours", "HF", "graph") if args.cuda_graph else ("ours", "HF")
+    if args.compile:
+        start = time.perf_counter()
+        c = ours.generate([prompt[0].tolist()], max_new_tokens=16, compile=True)[0]
+        print(
+            f"greedy ids, fp32, first 16 tokens: ours compiled == HF: {c == hf_ids} (first call, compile "
+            f"included: {time.perf_counter() - start:.1f} s)"
+        )
+    extra = "graph" if args.cuda_graph else "compiled" if args.compile else None
     rows = []
     for dt in dtypes:
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dt]
         ours, hf = ours.to(dtype), hf.to(dtype)
-        loads = workloads(ours, hf, prompt, args.new_tokens, args.n, 0, graph=args.cuda_graph)
+        loads = workloads(
+            ours,
+            hf,
+            prompt,
+            args.new_tokens,
+            args.n,
+            0,
+            graph=args.cuda_graph,
+            compiled=args.compile and dt == "fp32",
+        )
         # Every call of every workload in one round-robin, so "vs its batch 1" also compares calls made
         # under the same load: (workload, side) -> seconds per call.
         fns = {
@@ -161,25 +194,37 @@ def main(argv=None) -> int:
         }
         with torch.no_grad():
             times = interleave(fns, rounds, args.warmup)
-        b1 = {side: 1 * args.new_tokens / median(times[("batch 1, greedy", side)]) for side in sides}
-        for name, (n_rows, _) in loads.items():
-            tps = {side: n_rows * args.new_tokens / median(times[(name, side)]) for side in sides}
-            secs = {side: [round(t, 2) for t in times[(name, side)]] for side in sides}
+        b1 = {
+            side: args.new_tokens / median(t)
+            for (name, side), t in times.items()
+            if name == "batch 1, greedy"
+        }
+        for name, (n_rows, calls) in loads.items():
+            tps = {side: n_rows * args.new_tokens / median(times[(name, side)]) for side in calls}
+            secs = {side: [round(t, 2) for t in times[(name, side)]] for side in calls}
             speeds = ", ".join(f"{k} {v:.1f} tok/s {secs[k]}" for k, v in tps.items())
             print(f"  {dt} {name}: {speeds}", flush=True)
             row = [
                 name, dt, f"{tps['ours']:,.1f}", f"{tps['HF']:,.1f}", f"**{tps['ours'] / tps['HF']:.2f}x**",
                 f"{tps['ours'] / b1['ours']:.2f}x", f"{tps['HF'] / b1['HF']:.2f}x",
             ]  # fmt: skip
-            if args.cuda_graph:
+            if extra == "graph":
                 row[5:5] = [f"{tps['graph']:,.1f}", f"**{tps['graph'] / tps['HF']:.2f}x**"]
                 row.append(f"{tps['graph'] / b1['graph']:.2f}x")
+            elif extra == "compiled":  # one row only: the other workloads decode eagerly (generate())
+                row[5:5] = (
+                    [f"{tps['compiled']:,.1f}", f"**{tps['compiled'] / tps['HF']:.2f}x**"]
+                    if ("compiled" in tps)
+                    else ["-", "-"]
+                )
             rows.append(row)
     header = ["workload", "weights", "ours tok/s", "HF tok/s", "speed-up", "ours vs its batch 1",
               "HF vs its batch 1"]  # fmt: skip
-    if args.cuda_graph:
+    if extra == "graph":
         header[5:5] = ["ours, CUDA graph tok/s", "graph speed-up"]
         header.append("graph vs its batch 1")
+    elif extra == "compiled":
+        header[5:5] = ["ours, compiled tok/s", "compiled speed-up"]
     print()
     model = "GPT-2 124M" if not shape else "GPT-2's 12 layers x 12 heads at width 48, vocabulary 1,024"
     print(

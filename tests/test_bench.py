@@ -64,6 +64,30 @@ def test_generate_bench_host_bound_shapes(capsys):
     out = capsys.readouterr().out
     assert "ours == HF: True" in out and "at width 48, vocabulary 1,024" in out
     assert len(table_rows(out)) == 2
+    assert main(argv + ["--compile"]) == 0  # + ours at batch 1 through torch.compile
+    out = capsys.readouterr().out
+    assert "ours compiled == HF: True" in out and "| ours, compiled tok/s | compiled speed-up |" in out
+    b1, pass_k = table_rows(out)
+    assert float(b1[5].replace(",", "")) > 0 and pass_k[5:7] == ["-", "-"]  # n rows decode eagerly
+
+
+def test_generate_bench_compiled_side_is_ours_at_batch_1_through_torch_compile(randomize, monkeypatch):
+    import model.gpt2 as G
+    from bench.generate import workloads
+    from model.gpt2 import GPT, config_for
+
+    built = []
+    init = G.FixedShapeDecoder.__init__
+    monkeypatch.setattr(
+        G.FixedShapeDecoder, "__init__", lambda self, *a: built.append(a[-1]) or init(self, *a)
+    )
+    model = randomize(GPT(config_for("tiny", vocab_size=1024)), seed=5, std=0.3).eval()
+    prompt = torch.randint(0, 1024, (1, 5), generator=torch.Generator().manual_seed(0))
+    (_, b1), (_, pass_k) = workloads(model, None, prompt, new=6, n=3, seed=0, compiled=True).values()
+    assert set(b1) == {"ours", "HF", "compiled"} and set(pass_k) == {"ours", "HF"}
+    with torch.no_grad():
+        assert b1["compiled"]() == b1["ours"]()
+    assert built == [True]
 
 
 def test_gpu_script_runs_every_step_in_smoke_mode(tmp_path):
@@ -118,6 +142,7 @@ def test_shapes_bench_times_first_and_second_pass_and_restores_the_attention_cho
         ("bench.generate", ["--prompt-len", "1000", "--new-tokens", "100"]),
         ("bench.train", ["--cuda-graph"]),  # needs --device cuda
         ("bench.generate", ["--cuda-graph"]),
+        ("bench.generate", ["--compile", "--warmup", "0"]),  # the warm-up holds the compile
     ],
 )
 def test_benchmarks_refuse_bad_input_with_one_line_and_exit_code_2(module, argv, capsys):
