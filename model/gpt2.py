@@ -233,7 +233,12 @@ class FixedShapeDecoder:
         self.slot = torch.zeros(1, dtype=torch.long, device=dev)
         self.caches = [SlotKVCache(c, self.slot) for c in caches]
         self.graph = None
-        self.run = functools.partial(_compiled_step(), self) if compile else self._step
+        self.run = self._step
+        if compile:  # one graph for every cache length: T_max is dynamic from the first compile
+            torch._dynamo.mark_dynamic(keep, 1)
+            for c in self.caches:
+                torch._dynamo.mark_dynamic(c.k, 2), torch._dynamo.mark_dynamic(c.v, 2)
+            self.run = functools.partial(_compiled_step(), self)
 
     def _step(self) -> torch.Tensor:
         self.keep.index_fill_(1, self.slot, True)  # the new token's own slot
@@ -267,9 +272,9 @@ class FixedShapeDecoder:
 
 @functools.cache
 def _compiled_step() -> Callable[[FixedShapeDecoder], torch.Tensor]:
-    """FixedShapeDecoder._step through torch.compile, made once per process. Dynamo keeps a graph per
-    shape and dtype (rows, T_max): the first one compiles in ~20 s for GPT-2 124M on 2 cores, and after a
-    second T_max one graph with T_max dynamic serves every prompt length.
+    """FixedShapeDecoder._step through torch.compile, made once per process. One graph per model shape
+    serves every cache length (FixedShapeDecoder marks T_max dynamic): for GPT-2 124M on 2 cores it
+    compiles in ~40 s the first time, ~8 s once inductor's on-disk cache holds its kernels.
     realize_opcount_threshold 0: inductor stores every computed vector (a LayerNorm's output, say) instead
     of recomputing it inside the reduction that reads it. A one-row product reads its input once per output
     row, so recomputed, the head's ln_f ran 50,257 times per token and read the weights at ~14 GB/s."""
@@ -442,7 +447,7 @@ class GPT(nn.Module):
         cuda_graph: decode through FixedShapeDecoder (on a GPU one CUDA graph per step; on a CPU the same
         fixed-shape steps run eagerly, slower: every step attends over the whole cache).
         compile: on a CPU, decode one fp32 row (one prompt, n = 1) through FixedShapeDecoder compiled by
-        torch.compile: for GPT-2 124M ~1.4x the tokens/s after a ~20 s compile (docs/benchmarks.md). More
+        torch.compile: for GPT-2 124M ~1.4x the tokens/s, after a one-time compile (_compiled_step). More
         rows, or other dtypes, decode eagerly: there oneDNN, which a compiled graph cannot call, is faster.
         """
         if not prompts or any(len(p) == 0 for p in prompts):

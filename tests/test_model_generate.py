@@ -171,10 +171,13 @@ def test_fixed_shape_decoding_gives_the_eager_decoders_logits_and_ids(model, mon
 
 def test_compiled_decoding_of_one_fp32_row_gives_the_eager_decoders_ids(model, monkeypatch):
     """generate(compile=True) on a CPU: one row decodes through FixedShapeDecoder under torch.compile, whose
-    one-row products are reductions (linear()). Prompts of three lengths (a graph, then one with T_max
-    dynamic), greedy and sampled: the eager decoder's ids. More rows decode eagerly, as does bf16."""
+    one-row products are reductions (linear()). Prompts of three lengths, one graph (T_max dynamic), greedy
+    and sampled: the eager decoder's ids. More rows decode eagerly, as does bf16."""
+    from torch._dynamo.utils import counters
+
     import model.gpt2 as G
 
+    graphs = counters["stats"]["unique_graphs"]
     built = []
     init = G.FixedShapeDecoder.__init__
     monkeypatch.setattr(
@@ -183,6 +186,7 @@ def test_compiled_decoding_of_one_fp32_row_gives_the_eager_decoders_ids(model, m
     for prompt in PROMPTS[:3]:
         eager = model.generate([prompt], max_new_tokens=20)
         assert model.generate([prompt], max_new_tokens=20, compile=True) == eager
+    assert counters["stats"]["unique_graphs"] - graphs <= 1  # none more for a new cache length
     kw = dict(max_new_tokens=20, temperature=0.9, top_p=0.95)
     sampled = [
         model.generate([PROMPTS[1]], generator=torch.Generator().manual_seed(4), compile=c, **kw)
