@@ -277,7 +277,7 @@ def _compiled_step() -> Callable[[FixedShapeDecoder], torch.Tensor]:
     compiles in ~40 s the first time, ~8 s once inductor's on-disk cache holds its kernels.
     realize_opcount_threshold 0: inductor stores every computed vector (a LayerNorm's output, say) instead
     of recomputing it inside the reduction that reads it. A one-row product reads its input once per output
-    row, so recomputed, the head's ln_f ran 50,257 times per token and read the weights at ~14 GB/s."""
+    row: recomputed there, ln_f ran once per vocabulary row, 50,257 times a token (docs/benchmarks.md)."""
     return torch.compile(FixedShapeDecoder._step, options={"realize_opcount_threshold": 0})
 
 
