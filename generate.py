@@ -209,7 +209,7 @@ class GenerateConfig:
     dtype: str = opt("auto", "auto (bf16/fp16 on a GPU, fp32 on CPU), fp32, bf16, fp16", choices=DTYPES)
     compile: bool = opt(
         False,
-        "CPU, one completion at a time: decode through torch.compile (GPT-2 124M: ~1.4x the tokens/s; the "
+        "CPU, one completion at a time: decode through torch.compile (GPT-2 124M: ~1.3x the tokens/s; the "
         "first docstring waits ~40 s for the compile, ~8 s once cached; needs a C++ compiler)",
     )
 

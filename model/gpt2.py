@@ -237,7 +237,8 @@ class FixedShapeDecoder:
         if compile:  # one graph for every cache length: T_max is dynamic from the first compile
             torch._dynamo.mark_dynamic(keep, 1)
             for c in self.caches:
-                torch._dynamo.mark_dynamic(c.k, 2), torch._dynamo.mark_dynamic(c.v, 2)
+                torch._dynamo.mark_dynamic(c.k, 2)
+                torch._dynamo.mark_dynamic(c.v, 2)
             self.run = functools.partial(_compiled_step(), self)
 
     def _step(self) -> torch.Tensor:
@@ -447,7 +448,7 @@ class GPT(nn.Module):
         cuda_graph: decode through FixedShapeDecoder (on a GPU one CUDA graph per step; on a CPU the same
         fixed-shape steps run eagerly, slower: every step attends over the whole cache).
         compile: on a CPU, decode one fp32 row (one prompt, n = 1) through FixedShapeDecoder compiled by
-        torch.compile: for GPT-2 124M ~1.4x the tokens/s, after a one-time compile (_compiled_step). More
+        torch.compile: for GPT-2 124M ~1.3x the tokens/s, after a one-time compile (_compiled_step). More
         rows, or other dtypes, decode eagerly: there oneDNN, which a compiled graph cannot call, is faster.
         """
         if not prompts or any(len(p) == 0 for p in prompts):
