@@ -266,7 +266,9 @@ def check_config(cfg: GenerateConfig) -> None:
 
 def check_compile(cfg: GenerateConfig) -> None:
     """--compile: fp32 decoding on a CPU, with a C++ compiler for inductor's kernels."""
-    if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()):
+    from model.hf import resolve_device
+
+    if resolve_device(cfg.device).type != "cpu":  # as load() will pick it ("auto": the GPU if there is one)
         raise UsageError("--compile is for decoding on a CPU; drop it on a GPU (or pass --device cpu)")
     if cfg.dtype not in ("auto", "fp32"):
         raise UsageError(f"--compile decodes fp32 weights; drop --dtype {cfg.dtype} or --compile")
