@@ -1,11 +1,16 @@
-"""Command-line plumbing shared by every entry point: a dataclass becomes the argparse parser, and user
-mistakes end with one sentence and exit code 2 instead of a traceback.
+"""Command-line plumbing shared by every entry point: a dataclass becomes the argparse parser, the option
+groups every entry point shares are defined once, and user mistakes end with one sentence and exit code 2
+instead of a traceback.
 
     @dataclass
-    class Config:
-        lora_rank: int = field(default=8, metadata={"help": "LoRA rank; 0 = full fine-tune"})
+    class Config(ModelOptions, DeviceOptions):
+        batch_size: int = opt(8, "examples per micro-batch")
 
-    cfg = parse_config(Config, argv)   # --lora-rank 8, --flag/--no-flag for bools, --help from `help`
+    cfg = parse_config(Config, argv)   # --batch-size 8, --flag/--no-flag for bools, --help from `help`
+    device, dtype = cfg.resolve()      # the one meaning of --device auto and --dtype auto
+
+The shared groups: ModelOptions (which weights), DeviceOptions (where, in what precision), SamplingOptions
+(how to pick tokens); LoRA's are lora.config.LoRAOptions, the data's data.prepare.DataConfig.
 """
 
 from __future__ import annotations
@@ -18,7 +23,20 @@ import tomllib
 import types
 import typing
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+
+import torch
+
+INITS = ("pretrained", "random")
+DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
 
 
 def opt(default, help: str, **kw):
@@ -61,6 +79,90 @@ def build_parser(cls, description: str = "", prog: str | None = None) -> argpars
     return parser
 
 
+# ------------------------------------------------------------------------------------- shared option groups
+@dataclass
+class ModelOptions:
+    model: str = opt("gpt2", "architecture preset: gpt2, gpt2-medium, gpt2-large, gpt2-xl, tiny")
+    weights: str | None = opt(None, "an HF GPT-2 folder, .safetensors file or hub id (default: the preset's)")
+    init: str = opt(
+        "pretrained", "pretrained weights, or random (same architecture; smoke runs, speed)", choices=INITS
+    )
+
+
+@dataclass
+class DeviceOptions:
+    device: str = opt("auto", "auto (a GPU if there is one, else the CPU), cpu, cuda, cuda:N")
+    dtype: str = opt(
+        "auto",
+        "auto: bf16 where the GPU or CPU computes it natively, fp16 on older GPUs, else fp32",
+        choices=["auto", "fp32", "bf16", "fp16"],
+    )
+
+    def resolve(self) -> tuple[torch.device, torch.dtype]:
+        """(device, dtype) for --device and --dtype, "auto" resolved."""
+        device = resolve_device(self.device)
+        return device, resolve_dtype(self.dtype, device)
+
+
+@dataclass
+class SamplingOptions:
+    temperature: float = opt(0.0, "0 = greedy; 0.2 for one good answer (pass@1), 0.8 for variety (pass@10)")
+    top_p: float = opt(0.95, "nucleus sampling: keep the smallest set of tokens with this much probability")
+    top_k: int = opt(0, "sample among the k likeliest tokens (0 = all)")
+    max_new_tokens: int = opt(256, "tokens generated per completion at most")
+
+    def check_sampling(self) -> None:
+        if self.temperature < 0:
+            raise UsageError(f"--temperature {self.temperature} is negative; use 0 (greedy) or more")
+        if not 0 < self.top_p <= 1:
+            raise UsageError(f"--top-p {self.top_p} is outside (0, 1]; 1 turns nucleus sampling off")
+        if self.top_k < 0:
+            raise UsageError(f"--top-k {self.top_k} is negative; 0 turns top-k off")
+        if self.max_new_tokens < 1:
+            raise UsageError(f"--max-new-tokens {self.max_new_tokens}: generate at least 1 token")
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """ "auto" -> cuda when available, else cpu; anything else as torch understands it. Asking for CUDA
+    where there is none is a usage error, not a crash on the first tensor."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"--device {device} is not a device; pass auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device} asked for CUDA, but no GPU is visible; pass --device cpu")
+    return dev
+
+
+def resolve_dtype(name: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """A dtype name (fp32, bf16, fp16, or their torch names) -> torch dtype. "auto": bf16 on GPUs that have
+    it, fp16 on older GPUs; on a CPU bf16 only where it is native (AVX512-BF16, AMX), since elsewhere bf16
+    is emulated and far slower than fp32. None -> fp32."""
+    if name is None:
+        return torch.float32
+    if isinstance(name, torch.dtype):
+        return name
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if device.type == "cpu" and cpu_has_bf16() else torch.float32
+    if name not in DTYPES:
+        raise UsageError(f"unknown dtype {name!r}; choose from {', '.join(DTYPES)} or auto")
+    return DTYPES[name]
+
+
+def cpu_has_bf16() -> bool:
+    """Native bf16 matmuls (AVX512-BF16 or AMX), read from this CPU's flags."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
+
+
+# ------------------------------------------------------------------------------------- parsing
 def load_config_file(path: str) -> dict:
     """Read a JSON or TOML config file (keys are field names, dashes or underscores)."""
     p = Path(path)

@@ -369,7 +369,8 @@ def checkpoint_targets(run: Path, ckpts: list[Path]) -> list[tuple[str, str | No
 
 
 def main(argv: list[str] | None = None) -> int:
-    from runs import checkpoints, inference_device_dtype, load_model_for_inference, read_config
+    from cli import resolve_device, resolve_dtype
+    from runs import checkpoints, load_model_for_inference, read_config
 
     cfg = parse_config(EvalConfig, argv, description=__doc__.split("\n\n")[0], prog="evaluate.py")
     if cfg.self_check:
@@ -379,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     validate(cfg)
     run_cfg = read_config(cfg.run) if cfg.run else {}
-    device, dtype = inference_device_dtype(cfg.device, cfg.dtype)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
     targets = [("", cfg.checkpoint, None, None)]
     if cfg.all_checkpoints:
         targets = checkpoint_targets(Path(cfg.run), checkpoints(cfg.run))

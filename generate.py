@@ -27,10 +27,11 @@ from typing import TextIO
 
 import torch
 
-from cli import UsageError, build_parser, opt, run_main
+from cli import UsageError, build_parser, opt, resolve_device, resolve_dtype, run_main
 from data.prepare import DataConfig, format_prompt
 from data.tokenizer import get_tokenizer
-from runs import inference_device_dtype, load_model_for_inference, read_config
+from generation import generate_stream
+from runs import load_model_for_inference, read_config
 
 # HumanEval's stops (Codex paper): a completion ends where the next top-level statement would begin.
 STOP_SEQUENCES = ("\ndef", "\nclass", "\nif", "\nprint", "\n#")
@@ -101,8 +102,8 @@ def complete(
     Prompts go through the model `batch_size` at a time (so batch_size * n rows), shortest first to waste
     little padding. temperature 0 is greedy; sampling draws from one torch.Generator seeded with `seed`.
     on_text(row, piece) receives each row's text as it becomes final, row = prompt index * n + sample
-    index; the pieces of a row add up to its completion exactly. compile: GPT.generate_stream's (one fp32
-    row on a CPU through torch.compile).
+    index; the pieces of a row add up to its completion exactly. compile: as generation.generate_stream's
+    (one fp32 row on a CPU through torch.compile).
     """
     tok = get_tokenizer()
     stops = [*stop, EOT_TEXT]  # the token ends a row; the literal text ends it too
@@ -131,7 +132,8 @@ def complete(
             emit(r)
             return rows[r].done
 
-        stream = model.generate_stream(
+        stream = generate_stream(
+            model,
             [encoded[i] for i in batch],
             max_new_tokens=max_new_tokens,
             temperature=temperature,
@@ -266,8 +268,6 @@ def check_config(cfg: GenerateConfig) -> None:
 
 def check_compile(cfg: GenerateConfig) -> None:
     """--compile: fp32 decoding on a CPU, with a C++ compiler for inductor's kernels."""
-    from model.hf import resolve_device
-
     if resolve_device(cfg.device).type != "cpu":  # as load() will pick it ("auto": the GPU if there is one)
         raise UsageError("--compile is for decoding on a CPU; drop it on a GPU (or pass --device cpu)")
     if cfg.dtype not in ("auto", "fp32"):
@@ -298,7 +298,8 @@ def resolve_prompt_format(cfg: GenerateConfig) -> str:
 
 def load(cfg: GenerateConfig):
     """(model, info) as runs.load_model_for_inference gives them, on the chosen device and dtype."""
-    device, dtype = inference_device_dtype(cfg.device, cfg.dtype)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
     model, info = load_model_for_inference(
         run=cfg.run,
         weights=cfg.weights,

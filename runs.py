@@ -49,19 +49,6 @@ def resolve_checkpoint(run: str | Path, checkpoint: str) -> Path:
         Path(run) / "checkpoints" / checkpoint)  # fmt: skip
 
 
-def inference_device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
-    """Where and in what precision to generate: dtype "auto" is bf16 on GPUs that have it, fp16 on older
-    ones, and fp32 on CPU (exact, and a CPU without native bf16 emulates it slowly)."""
-    from model.hf import resolve_device, resolve_dtype
-
-    dev = resolve_device(device)
-    if dtype != "auto":
-        return dev, resolve_dtype(dtype)
-    if dev.type == "cuda":
-        return dev, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return dev, torch.float32
-
-
 def load_model_for_inference(
     run: str | None = None,
     weights: str | None = None,
@@ -72,16 +59,18 @@ def load_model_for_inference(
     device: str = "cpu",
     dtype: torch.dtype | None = None,
 ):
-    """A GPT ready to generate, and a dict describing where it came from.
+    """A GPT ready to generate (adapters merged, fast kernels swapped in), and a dict describing where it
+    came from.
 
     run: a train.py run folder (its final/ weights, or `checkpoint`: a step-N folder, by path or name);
     weights: an HF GPT-2 folder/file/hub id; adapter: a PEFT adapter folder applied on top (merged);
     init="random": the `model` preset with random weights (smoke tests; info["random_init"] is True).
     """
-    from lora.lora import merge_lora
+    from lora.lora import merge_and_unload
     from lora.peft_io import load_adapter
     from model.gpt2 import GPT, config_for
     from model.hf import load_pretrained
+    from model.kernels import use_fast_kernels
 
     info = {"random_init": False, "prompt_format": None, "source": None, "lora_rank": 0}
     if run is not None:
@@ -97,8 +86,7 @@ def load_model_for_inference(
             base = load_pretrained(base_src, device=device, dtype=dtype)
             info["random_init"] = cfg.get("init") == "random"
             load_adapter(base, src)
-            merge_lora(base)
-            net = base
+            net = merge_and_unload(base)
         else:
             net = load_pretrained(str(src), device=device, dtype=dtype)
             info["random_init"] = cfg.get("init") == "random"
@@ -112,6 +100,6 @@ def load_model_for_inference(
         info.update(random_init=True, source=f"random {model}")
     if adapter is not None:
         load_adapter(net, adapter)
-        merge_lora(net)
+        merge_and_unload(net)
         info["source"] += f" + adapter {adapter}"
-    return net.eval(), info
+    return use_fast_kernels(net).eval(), info

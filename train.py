@@ -30,8 +30,8 @@ import torch
 import torch.distributed as dist
 
 import runs
-from cli import UsageError, opt, parse_config, run_main
-from model.hf import HUB_IDS, resolve_device
+from cli import UsageError, cpu_has_bf16, opt, parse_config, resolve_device, resolve_dtype, run_main  # noqa: F401
+from model.hf import HUB_IDS
 
 
 @dataclass
@@ -151,7 +151,7 @@ DATA_FIELDS = (
 
 def validate(cfg: TrainConfig) -> None:
     """Stop on bad settings before anything is loaded or written."""
-    from lora.lora import parse_targets
+    from lora.config import parse_targets
     from model.gpt2 import PRESETS, config_for
 
     if cfg.model not in PRESETS:
@@ -191,23 +191,6 @@ def get_lr(step: int, peak: float, warmup: int, total: int, min_ratio: float) ->
         return peak * min_ratio
     progress = (step - warmup) / max(1, total - warmup)  # 0 -> 1
     return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def cpu_has_bf16() -> bool:
-    """Native bf16 matmuls (AVX512-BF16 or AMX): where bf16 autocast is a speed-up, not an emulation."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name != "auto":
-        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_has_bf16() else torch.float32
 
 
 def measure_cpu_peak_tflops(dtype: torch.dtype, n: int = 1024, reps: int = 5) -> float:
@@ -371,6 +354,7 @@ def build_model(
     from lora.lora import LoRALinear
     from model.gpt2 import GPT, config_for
     from model.hf import load_pretrained, save_pretrained
+    from model.kernels import use_fast_kernels
 
     if cfg.dry_run:  # the architecture alone, on the meta device: no weights, no download, no memory
         with torch.device("meta"):
@@ -394,6 +378,7 @@ def build_model(
         save_pretrained(model, save_base_to / "base")  # a random base is part of a LoRA run: keep it
     add_adapters(model, cfg)
     model.to(device)
+    use_fast_kernels(model)
     if cfg.lora_rank > 0 and dtype == torch.bfloat16:
         # Frozen Linear weights live in bf16: half the memory, and autocast stops re-casting them every
         # step. Embeddings, LayerNorms and everything trainable stay fp32.
@@ -408,11 +393,12 @@ def build_model(
 
 def add_adapters(model, cfg: TrainConfig) -> None:
     """LoRA per the config (rank 0: nothing, every weight trains)."""
-    from lora.lora import inject_lora, parse_targets
+    from lora.config import LoRAConfig
+    from lora.lora import inject_lora
 
     if cfg.lora_rank > 0:
-        inject_lora(model, parse_targets(cfg.lora_targets), rank=cfg.lora_rank, alpha=cfg.lora_alpha,
-                    dropout=cfg.lora_dropout, rslora=cfg.lora_rslora, verbose=False)  # fmt: skip
+        lora = LoRAConfig(cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, cfg.lora_dropout, cfg.lora_rslora)
+        inject_lora(model, lora, verbose=False)
 
 
 def param_groups(model, weight_decay: float) -> list[dict]:
@@ -451,12 +437,13 @@ def evaluate_loss(model, batches, n_batches: int, amp, device) -> float:
 @torch.no_grad()
 def sample_text(model, prompt: str, amp, max_new_tokens: int = 48) -> str:
     from data.tokenizer import get_tokenizer
+    from generation import generate
 
     tok = get_tokenizer()
     model.eval()
     ids = tok.encode(prompt)[-(model.config.block_size - max_new_tokens) :]
     with amp:
-        out = model.generate([ids], max_new_tokens=max_new_tokens, eos=tok.eot)[0]
+        out = generate(model, [ids], max_new_tokens=max_new_tokens, eos=tok.eot)[0]
     model.train()
     return tok.decode([i for i in out if i != tok.eot])
 
@@ -729,7 +716,7 @@ def step_on_device(
         sync = model.no_sync() if ddp and i < n_micro - 1 else nullcontext()  # all-reduce once, at the end
         with sync:
             with amp:
-                loss_sum = model(*args, reduction="sum", static=static)
+                loss_sum = static_loss_sum(model, *args) if static else model(*args, reduction="sum")
             (scaler.scale(loss_sum * scale) if scaler else loss_sum * scale).backward()
         step_loss += loss_sum.detach()
     if scaler:
@@ -742,6 +729,21 @@ def step_on_device(
     else:
         opt.step()
     return step_loss, grad_norm
+
+
+def static_loss_sum(model, idx, targets, loss_mask=None, pos=None, mask=None) -> torch.Tensor:
+    """GPT.forward(..., reduction="sum") with every shape independent of the data, as a CUDA graph needs:
+    the vocabulary projection runs at every position and the positions without a target weigh 0, where
+    GPT.forward projects only the targets (h[valid] has as many rows as the batch has targets)."""
+    from model.gpt2 import IGNORE
+
+    h = model.hidden(idx, pos=pos, mask=mask)  # (B, T, C)
+    keep = targets != IGNORE
+    if loss_mask is not None:
+        keep &= loss_mask.bool()
+    logits_t = model.lm_head.weight @ h.flatten(0, 1).t()  # (V, C) @ (C, B*T) -> (V, B*T)
+    losses = model.loss_fn(logits_t, targets.flatten().clamp(min=0))  # (B*T,)
+    return (losses * keep.flatten()).sum()  # 0 loss and 0 gradient where there is no target
 
 
 class CudaGraphStep:

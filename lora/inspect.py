@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from cli import run_main
-from lora.lora import TARGETS
+from lora.config import TARGETS
 from lora.peft_io import peft_name, read_adapter
 
 

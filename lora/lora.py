@@ -29,15 +29,9 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from model.gpt2 import linear
-
-TARGETS = ("q", "k", "v", "c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
-SHORTHANDS = {  # every attention matrix gets its own update, as W_q, W_k, W_v, W_o in the LoRA paper
-    "attn": ("q", "k", "v", "attn.c_proj"),
-    "mlp": ("mlp.c_fc", "mlp.c_proj"),
-    "all": ("q", "k", "v", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"),
-}
+from lora.config import LoRAConfig
 
 
 def _cast(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -49,8 +43,7 @@ class LoRALinear(nn.Module):
     """Wraps an nn.Linear: `weight`/`bias` keep their names (and stay frozen), `lora_A`/`lora_B` train.
     slices, e.g. (True, False, True), splits the output into equal parts (q|k|v) and adapts the ones on."""
 
-    def __init__(self, linear: nn.Linear, rank: int, alpha: float, dropout: float = 0.0, rslora: bool = False,
-                 slices: tuple[bool, ...] | None = None):  # fmt: skip
+    def __init__(self, linear: nn.Linear, cfg: LoRAConfig, slices: tuple[bool, ...] | None = None):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         # The same Parameter objects, under the same names: the base state-dict keys do not change.
@@ -58,14 +51,14 @@ class LoRALinear(nn.Module):
         self.slices = slices
         n = sum(slices) if slices else 1  # number of rank-r pairs
         self.slice_out = self.out_features // len(slices) if slices else self.out_features
-        self.rank, self.alpha, self.rslora = rank, alpha, rslora
-        self.scaling = alpha / math.sqrt(rank) if rslora else alpha / rank
+        rank = cfg.rank
+        self.rank, self.alpha, self.rslora, self.scaling = rank, cfg.alpha, cfg.rslora, cfg.scaling
         kw = dict(device=linear.weight.device, dtype=torch.float32)  # fp32 even on a bf16 base
         self.lora_A = nn.Parameter(torch.empty(n * rank, self.in_features, **kw))  # (n*r, in): A_q over A_v
         self.lora_B = nn.Parameter(torch.zeros(n * self.slice_out, rank, **kw))  # (n*out_s, r): B_q over B_v
         for A in self.lora_A.split(rank):  # nn.Linear's own init (PEFT's too), fan_in = in
             nn.init.kaiming_uniform_(A, a=math.sqrt(5))
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         self.merged = False
 
     def full_B(self) -> torch.Tensor:
@@ -79,7 +72,7 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (B, T, in), e.g. (B, T, 768) into c_attn
         b = None if self.bias is None else _cast(self.bias, x)
-        y = linear(x, _cast(self.weight, x), b)  # (B, T, out), c_attn: (B, T, 2304); F.linear or oneDNN
+        y = F.linear(x, _cast(self.weight, x), b)  # (B, T, out), c_attn: (B, T, 2304)
         if self.merged:  # W already holds s * B @ A
             return y
         a = self.dropout(x) @ _cast(self.lora_A, x).T  # (B, T, n*r), q,v at r=8: (B, T, 16)
@@ -108,36 +101,12 @@ class LoRALinear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, r={self.rank}, scaling={self.scaling:g} {on}"
 
 
-def parse_targets(spec: str | list[str] | tuple[str, ...]) -> list[str]:
-    """ "q,v,mlp.c_fc" (or a list) -> validated names in TARGETS order; shorthands attn, mlp, all expand."""
-    names = [s.strip() for part in ([spec] if isinstance(spec, str) else spec) for s in part.split(",")]
-    out: set[str] = set()
-    for name in filter(None, names):
-        if name not in TARGETS and name not in SHORTHANDS:
-            short = ", ".join(f"{k} ({','.join(v)})" for k, v in SHORTHANDS.items())
-            raise ValueError(f"unknown LoRA target {name!r}; choose from {', '.join(TARGETS)} or {short}")
-        out.update(SHORTHANDS.get(name, (name,)))
-    if not out:
-        raise ValueError(f"no LoRA targets given; choose from {', '.join(TARGETS)}")
-    if "c_attn" in out and out & {"q", "k", "v"}:
-        raise ValueError("LoRA target c_attn (one joint update over q|k|v) cannot be combined with q, k or v")
-    return [t for t in TARGETS if t in out]
-
-
-def check_hparams(rank: int, alpha: float, dropout: float = 0.0) -> None:
-    if not isinstance(rank, int) or rank <= 0:
-        raise ValueError(f"LoRA rank must be a positive integer, got {rank!r}")
-    if not alpha > 0:
-        raise ValueError(f"LoRA alpha must be positive, got {alpha!r}")
-    if not 0 <= dropout < 1:
-        raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout!r}")
-
-
-def add_lora(model: nn.Module, name: str, rank: int, alpha: float, dropout: float = 0.0, rslora: bool = False,
-             slices: tuple[bool, ...] | None = None) -> LoRALinear:  # fmt: skip
+def add_lora(
+    model: nn.Module, name: str, cfg: LoRAConfig, slices: tuple[bool, ...] | None = None
+) -> LoRALinear:
     """Replace the nn.Linear at `name` (e.g. "transformer.h.0.attn.c_attn") by a LoRALinear around it."""
     parent_name, _, child = name.rpartition(".")
-    layer = LoRALinear(model.get_submodule(name), rank, alpha, dropout, rslora, slices)
+    layer = LoRALinear(model.get_submodule(name), cfg, slices)
     setattr(model.get_submodule(parent_name), child, layer)
     return layer
 
@@ -146,31 +115,28 @@ def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
 
 
-def inject_lora(model: nn.Module, targets=("q", "v"), rank: int = 8, alpha: float = 16, dropout: float = 0.0,
-                rslora: bool = False, verbose: bool = True) -> list[str]:  # fmt: skip
+def inject_lora(model: nn.Module, cfg: LoRAConfig, verbose: bool = True) -> list[str]:
     """Freeze every parameter, wrap the targeted Linears in LoRALinear; returns the wrapped module names."""
-    targets = parse_targets(targets)
-    check_hparams(rank, alpha, dropout)
     if lora_layers(model):
         raise ValueError("the model already has LoRA layers; inject into a plain model")
     model.requires_grad_(False)
-    qkv = tuple(t in targets for t in "qkv")
+    qkv = tuple(t in cfg.targets for t in "qkv")  # which slices of the fused c_attn to adapt
     matched = []
     for name, module in list(model.named_modules()):
         if not isinstance(module, nn.Linear):
             continue
-        if name.endswith(".attn.c_attn") and ("c_attn" in targets or any(qkv)):
-            add_lora(model, name, rank, alpha, dropout, rslora, None if "c_attn" in targets else qkv)
-        elif any(name.endswith("." + t) for t in targets):
-            add_lora(model, name, rank, alpha, dropout, rslora)
+        if name.endswith(".attn.c_attn") and ("c_attn" in cfg.targets or any(qkv)):
+            add_lora(model, name, cfg, None if "c_attn" in cfg.targets else qkv)
+        elif any(name.endswith("." + t) for t in cfg.targets):
+            add_lora(model, name, cfg)
         else:
             continue
         matched.append(name)
     if not matched:
-        raise ValueError(f"no module of this model matches the LoRA targets {','.join(targets)}")
+        raise ValueError(f"no module of this model matches the LoRA targets {','.join(cfg.targets)}")
     if verbose:
         r = trainable_report(model)
-        print(f"LoRA r={rank} alpha={alpha} on {len(matched)} modules ({','.join(targets)})")
+        print(f"LoRA r={cfg.rank} alpha={cfg.alpha} on {len(matched)} modules ({','.join(cfg.targets)})")
         print(f"trainable params: {r['trainable']:,} || all params: {r['total']:,} || "
               f"trainable%: {r['trainable_pct']:.4f}")  # fmt: skip
     return matched
@@ -184,6 +150,20 @@ def merge_lora(model: nn.Module) -> None:
 def unmerge_lora(model: nn.Module) -> None:
     for m in lora_layers(model).values():
         m.unmerge()
+
+
+@torch.no_grad()
+def merge_and_unload(model: nn.Module) -> nn.Module:
+    """Merge every adapter into its weight and put a plain nn.Linear back in its place (for inference: the
+    model is then GPT-2 again, and model/kernels.py can swap its layers). Returns the model."""
+    for name, m in lora_layers(model).items():
+        m.merge()
+        plain = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, device="meta")
+        plain.weight, plain.bias = m.weight, m.bias  # the same (now merged) tensors
+        plain.train(m.training)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, plain)
+    return model
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -32,6 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from cli import UsageError
+from lora.config import LoRAConfig, LoRAConfigError
 from lora.lora import add_lora, lora_layers, trainable_report
 from model.gpt2 import GPT
 from model.hf import save_pretrained
@@ -221,13 +222,18 @@ def load_adapter(model: GPT, folder: str | Path, verbose: bool = False) -> list[
                 f"adapter but {linear.in_features} -> {linear.out_features} here; load it onto {base}"
             )
         mod["B_ours"] = _unblock(mod, folder) if mod["slices"] else mod["B"]
-    model.requires_grad_(False)  # checked everything first: a refused adapter leaves the model as it was
-    rslora = cfg.get("use_rslora", False)
-    for mod in modules:
         n = sum(mod["slices"]) if mod["slices"] else 1
+        rslora = cfg.get("use_rslora", False)
         alpha = mod["alpha"] / (math.sqrt(n) if rslora else n)  # undo save_adapter's rescaling
-        dropout = cfg.get("lora_dropout", 0.0)
-        layer = add_lora(model, mod["name"], mod["rank"] // n, alpha, dropout, rslora, mod["slices"])
+        try:
+            mod["lora"] = LoRAConfig(
+                mod["rank"] // n, alpha, dropout=cfg.get("lora_dropout", 0.0), rslora=rslora
+            )
+        except LoRAConfigError as e:
+            raise AdapterError(f"{folder}: {mod['name']}: {e}") from None
+    model.requires_grad_(False)  # checked everything first: a refused adapter leaves the model as it was
+    for mod in modules:
+        layer = add_lora(model, mod["name"], mod["lora"], mod["slices"])
         with torch.no_grad():
             layer.lora_A.copy_(mod["A"])  # (R, in): A_q over A_v for a slice layer, as stored
             layer.lora_B.copy_(mod["B_ours"])

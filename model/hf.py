@@ -25,7 +25,7 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from cli import UsageError
+from cli import UsageError, resolve_device, resolve_dtype
 from model.gpt2 import GPT, GPTConfig
 
 HUB_IDS = {  # short names -> hub repositories (a full "org/name" id is used as given)
@@ -43,14 +43,6 @@ _GPT_KEY = re.compile(
     r"|h\.\d+\.(ln_1|ln_2|attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.(weight|bias))"
 )
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
-DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
 
 
 class CheckpointError(UsageError):
@@ -177,8 +169,9 @@ def build_model(ck: Checkpoint, device="cpu", dtype=None, dropout: float = 0.0) 
         model = GPT(replace(ck.config, dropout=dropout))
     model.load_state_dict(ck.state_dict, assign=True)
     model.lm_head.weight = model.transformer.wte.weight  # assign=True swapped wte's Parameter: tie again
-    target = None if dtype == "auto" else resolve_dtype(dtype)
-    return model.to(device=resolve_device(device), dtype=target).eval()
+    device = resolve_device(device)
+    target = None if dtype == "auto" else resolve_dtype(dtype, device)  # "auto" here: as stored
+    return model.to(device=device, dtype=target).eval()
 
 
 def resolve(source: str | Path) -> tuple[list[Path], Path | None]:
@@ -314,28 +307,6 @@ def config_to_hf(cfg: GPTConfig, dtype: torch.dtype = torch.float32) -> dict:
         "torch_dtype": str(dtype).removeprefix("torch."),
         "use_cache": True,
     }
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """ "auto" -> cuda when available, else cpu; anything else as torch understands it. Asking for CUDA
-    where there is none is a usage error, not a crash on the first tensor."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {device} asked for CUDA, but no GPU is visible; pass --device cpu")
-    return dev
-
-
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
-    """None -> float32; "bf16"/"bfloat16"/torch.bfloat16 ... -> the torch dtype."""
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in DTYPES:
-        raise UsageError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)} or auto")
-    return DTYPES[dtype]
 
 
 # ------------------------------------------------------------------ helpers

@@ -214,7 +214,7 @@ def test_the_loss_holds_one_fp32_buffer_beside_its_input_as_the_estimate_says(dt
     V, N = 50257, 2048
     code = f"""
 import torch
-from model.gpt2 import TargetCrossEntropy
+from model.loss import TargetCrossEntropy
 from train import peak_rss_bytes
 g = torch.Generator().manual_seed(0)
 logits = torch.randn({V}, {N}, generator=g, dtype=torch.{dtype}).requires_grad_()

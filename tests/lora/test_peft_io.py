@@ -12,6 +12,7 @@ from safetensors import safe_open
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from cli import UsageError, run_main
+from lora.config import LoRAConfig
 from lora.inspect import describe
 from lora.inspect import main as inspect_main
 from lora.lora import inject_lora, lora_layers, merge_lora, trainable_report
@@ -52,7 +53,7 @@ def train_ours(model, x, steps=3):
 
 def trained_adapter(base, x, folder, targets, rslora=False, steps=3):
     ours = load_pretrained(base)
-    inject_lora(ours, targets, rank=4, alpha=8, rslora=rslora, verbose=False)
+    inject_lora(ours, LoRAConfig(rank=4, alpha=8, targets=targets, rslora=rslora), verbose=False)
     train_ours(ours, x, steps)
     save_adapter(ours, folder, base_model_name_or_path=str(base))
     return ours

@@ -14,7 +14,7 @@ import pytest
 from cli import run_main
 from model.inspect import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_report_shows_config_parameters_dtype_and_size(hf_tiny_dir, capsys):

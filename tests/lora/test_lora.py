@@ -12,10 +12,10 @@ from lora.lora import (
     lora_layers,
     lora_state_dict,
     merge_lora,
-    parse_targets,
     trainable_report,
     unmerge_lora,
 )
+from lora.config import LoRAConfig, parse_targets
 from model.gpt2 import GPT, config_for
 
 
@@ -40,13 +40,13 @@ def randomize_B(model, seed=2):
 def test_injected_model_gives_base_logits_at_step_zero(targets):
     model, x = tiny(), ids()
     base = model(x)
-    inject_lora(model, targets, rank=4, alpha=8, verbose=False)
+    inject_lora(model, LoRAConfig(rank=4, alpha=8, targets=targets), verbose=False)
     assert torch.equal(model(x), base)  # B = 0: bit-identical, not just close
 
 
 def test_only_lora_params_train_and_base_is_bit_identical_after_a_step():
     model, x = tiny(), ids()
-    inject_lora(model, "q,v,mlp.c_fc", rank=4, alpha=8, verbose=False)
+    inject_lora(model, LoRAConfig(rank=4, alpha=8, targets="q,v,mlp.c_fc"), verbose=False)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(n.endswith((".lora_A", ".lora_B")) for n in trainable)
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
@@ -68,7 +68,7 @@ def test_trainable_count_of_gpt2_124m_rank8_qv_is_294912(capsys):
     with torch.device("meta"):  # the 124M shapes without allocating 500 MB
         model = GPT(config_for("gpt2"))
     base_total = trainable_report(model)["total"]
-    inject_lora(model, "q,v", rank=8, alpha=16)
+    inject_lora(model, LoRAConfig(rank=8, alpha=16, targets="q,v"))
     # per layer: q and v each get A (8, 768) and B (768, 8) -> 2 * 8 * (768 + 768); 12 layers
     expected = 12 * 2 * 8 * (768 + 768)
     assert expected == 294_912
@@ -93,13 +93,13 @@ def test_trainable_count_of_gpt2_124m_rank8_qv_is_294912(capsys):
 def test_trainable_count_is_rank_times_in_plus_out(targets, per_layer):
     with torch.device("meta"):
         model = GPT(config_for("gpt2"))
-    inject_lora(model, targets, rank=8, alpha=16, verbose=False)
+    inject_lora(model, LoRAConfig(rank=8, alpha=16, targets=targets), verbose=False)
     assert trainable_report(model)["trainable"] == 12 * per_layer
 
 
 def test_slice_update_is_exactly_zero_on_slices_that_are_off():
     model = tiny()
-    inject_lora(model, "q,v", rank=4, alpha=8, verbose=False)
+    inject_lora(model, LoRAConfig(rank=4, alpha=8, targets="q,v"), verbose=False)
     randomize_B(model)
     C = model.config.n_embd
     dW = model.transformer.h[0].attn.c_attn.delta_weight()  # (3C, C)
@@ -111,7 +111,7 @@ def test_slice_update_is_exactly_zero_on_slices_that_are_off():
 
 def test_merged_forward_equals_unmerged_and_double_merge_equals_single():
     model, x = tiny(), ids()
-    inject_lora(model, "all", rank=4, alpha=8, verbose=False)
+    inject_lora(model, LoRAConfig(rank=4, alpha=8, targets="all"), verbose=False)
     randomize_B(model)
     unmerged = model(x)
     weights = {n: m.weight.detach().clone() for n, m in lora_layers(model).items()}
@@ -133,7 +133,7 @@ def test_merged_forward_equals_unmerged_and_double_merge_equals_single():
 
 def test_merging_is_never_tied_to_train_or_eval():
     model = tiny()
-    inject_lora(model, "q,v", rank=4, alpha=8, verbose=False)
+    inject_lora(model, LoRAConfig(rank=4, alpha=8, targets="q,v"), verbose=False)
     model.eval()
     model.train()
     assert not any(m.merged for m in lora_layers(model).values())
@@ -141,14 +141,14 @@ def test_merging_is_never_tied_to_train_or_eval():
 
 def test_rslora_scales_by_alpha_over_sqrt_rank():
     model = tiny()
-    inject_lora(model, "q,v", rank=16, alpha=8, rslora=True, verbose=False)
+    inject_lora(model, LoRAConfig(rank=16, alpha=8, rslora=True, targets="q,v"), verbose=False)
     assert model.transformer.h[0].attn.c_attn.scaling == 8 / 4
 
 
 def test_bf16_base_with_fp32_adapter_trains_and_merges():
     """What the trainer does: frozen weights stored in bf16, A and B kept in fp32."""
     model, x = tiny(), ids()
-    inject_lora(model, "q,v,mlp.c_proj", rank=4, alpha=8, verbose=False)
+    inject_lora(model, LoRAConfig(rank=4, alpha=8, targets="q,v,mlp.c_proj"), verbose=False)
     for p in model.parameters():
         if not p.requires_grad:
             p.data = p.data.to(torch.bfloat16)
@@ -167,17 +167,17 @@ def test_bf16_base_with_fp32_adapter_trains_and_merges():
 
 def test_dropout_is_a_module_and_identity_at_zero():
     model = tiny()
-    inject_lora(model, "q,v", rank=4, alpha=8, dropout=0.0, verbose=False)
+    inject_lora(model, LoRAConfig(rank=4, alpha=8, dropout=0.0, targets="q,v"), verbose=False)
     assert isinstance(model.transformer.h[0].attn.c_attn.dropout, torch.nn.Identity)
     model = tiny()
-    inject_lora(model, "q,v", rank=4, alpha=8, dropout=0.1, verbose=False)
+    inject_lora(model, LoRAConfig(rank=4, alpha=8, dropout=0.1, targets="q,v"), verbose=False)
     assert isinstance(model.transformer.h[0].attn.c_attn.dropout, torch.nn.Dropout)
 
 
 def test_base_state_dict_keys_are_unchanged_and_lora_state_dict_holds_only_A_and_B():
     model = tiny()
     keys = set(model.state_dict())
-    inject_lora(model, "q,v,mlp.c_fc", rank=4, alpha=8, verbose=False)
+    inject_lora(model, LoRAConfig(rank=4, alpha=8, targets="q,v,mlp.c_fc"), verbose=False)
     lora = lora_state_dict(model)
     assert set(model.state_dict()) - set(lora) == keys
     assert sorted(lora)[:2] == ["transformer.h.0.attn.c_attn.lora_A", "transformer.h.0.attn.c_attn.lora_B"]
@@ -207,18 +207,18 @@ def test_parse_targets_expands_shorthands_in_canonical_order():
 )
 def test_bad_settings_stop_with_one_sentence(kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):
-        inject_lora(tiny(), **{"verbose": False, **kwargs})
+        inject_lora(tiny(), LoRAConfig(**kwargs), verbose=False)
 
 
 def test_injecting_twice_is_refused():
     model = tiny()
-    inject_lora(model, verbose=False)
+    inject_lora(model, LoRAConfig(), verbose=False)
     with pytest.raises(ValueError, match="already has LoRA layers"):
-        inject_lora(model, verbose=False)
+        inject_lora(model, LoRAConfig(), verbose=False)
 
 
 def test_lora_linear_keeps_the_wrapped_parameters():
     lin = torch.nn.Linear(8, 6)
-    layer = LoRALinear(lin, rank=2, alpha=4)
+    layer = LoRALinear(lin, LoRAConfig(rank=2, alpha=4))
     assert layer.weight is lin.weight and layer.bias is lin.bias
     assert layer.lora_A.shape == (2, 8) and layer.lora_B.shape == (6, 2) and layer.scaling == 2

@@ -7,8 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from generation import generate
 from model.gpt2 import GPT, IGNORE
 from model.hf import load_pretrained, read_checkpoint, save_pretrained
+from model.kernels import use_fast_kernels
 
 LOGIT_TOL = 1e-4
 
@@ -39,12 +41,15 @@ def assert_matches_transformers(ours: GPT, theirs, T: int = 24, new_tokens: int 
     ref = theirs.generate(
         prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens, do_sample=False
     )[0, 8:].tolist()
-    got = ours.generate([prompt[0].tolist()], max_new_tokens=new_tokens)[0]
+    got = generate(ours, [prompt[0].tolist()], max_new_tokens=new_tokens)[0]
     assert len(ref) == new_tokens and got == ref
 
 
-def test_save_pretrained_folder_matches_transformers(hf_tiny_dir):
-    assert_matches_transformers(load_pretrained(hf_tiny_dir), transformers_model(hf_tiny_dir))
+@pytest.mark.parametrize("fast", [False, True], ids=["plain", "use_fast_kernels"])
+def test_save_pretrained_folder_matches_transformers(hf_tiny_dir, fast):
+    """The plain model, and the same model with model/kernels.py's layers swapped in."""
+    ours = load_pretrained(hf_tiny_dir)
+    assert_matches_transformers(use_fast_kernels(ours) if fast else ours, transformers_model(hf_tiny_dir))
 
 
 @pytest.mark.parametrize("as_folder", [False, True], ids=["file", "folder"])
@@ -136,31 +141,6 @@ def test_loss_with_no_target_is_zero_sum_and_trains_nothing(randomize):
     assert loss.item() == 0.0 and model.lm_head.weight.grad.abs().sum() == 0
 
 
-def test_linear_without_autograd_runs_onednn_and_equals_f_linear():
-    """model.gpt2.linear: oneDNN's product while decoding (autograd off, CPU, fp32), F.linear otherwise;
-    the same numbers either way, for 1 row, 10 rows and (B, T, C) inputs."""
-    import platform
-
-    from model.gpt2 import _ONEDNN_LINEAR, linear
-
-    if platform.machine() in ("x86_64", "AMD64"):
-        assert _ONEDNN_LINEAR is not None  # torch's x86 builds ship oneDNN: the fast path must be on
-    g = torch.Generator().manual_seed(0)
-    w, b = torch.randn(2304, 768, generator=g) * 0.02, torch.randn(2304, generator=g) * 0.02
-    for shape in [(1, 768), (10, 768), (2, 5, 768)]:
-        x = torch.randn(*shape, generator=g)
-        with torch.no_grad():
-            fast = linear(x, w, b)
-            bare = linear(x, w)
-        torch.testing.assert_close(fast, torch.nn.functional.linear(x, w, b), rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(bare, x @ w.T, rtol=1e-5, atol=1e-5)
-    x = torch.randn(3, 768, generator=g, requires_grad=True)
-    y = linear(x, w, b)  # autograd on: F.linear, which has a backward
-    assert y.grad_fn is not None
-    y.sum().backward()
-    torch.testing.assert_close(x.grad, w.sum(0).expand(3, -1), rtol=1e-5, atol=1e-5)
-
-
 def test_dropout_acts_in_training_only_in_attention_and_mlp_outputs():
     """cfg.dropout zeroes about that share of the attention's and the MLP's outputs in train mode, none in
     eval mode; dropout() hands its input back untouched where it would do nothing (eval, p = 0)."""
@@ -177,90 +157,3 @@ def test_dropout_acts_in_training_only_in_attention_and_mlp_outputs():
         assert 0.4 < zeros < 0.6, zeros
         module.eval()
         assert (module(h) == 0).sum() == 0
-
-
-def test_linear_sends_only_large_weights_to_onednn(monkeypatch):
-    """oneDNN spends ~40 us per call: linear() gives it weights of ONEDNN_MIN_WEIGHT entries or more (all of
-    GPT-2 124M's) and gives F.linear the small ones, and every product with autograd on."""
-    import model.gpt2 as M
-
-    seen = []
-
-    def recording(x, w, b, *rest):
-        seen.append(tuple(w.shape))
-        return torch.nn.functional.linear(x, w, b)
-
-    monkeypatch.setattr(M, "_ONEDNN_LINEAR", recording)
-    x = torch.randn(1, 768)
-    small, large = torch.randn(128, 768), torch.randn(768, 768)  # 98,304 and 589,824 entries
-    assert small.numel() < M.ONEDNN_MIN_WEIGHT <= large.numel()
-    with torch.no_grad():
-        M.linear(x, small)
-        M.linear(x, large)
-        M.linear(x.double(), large.double())  # oneDNN's path is fp32 only
-    M.linear(x, large)  # autograd on
-    assert seen == [(768, 768)]
-
-
-@pytest.mark.parametrize("checkpointing", [False, True])
-def test_attention_runs_without_cudnn_on_a_gpu_recompute_included(monkeypatch, checkpointing):
-    """On a GPU every attention call runs with cuDNN's attention off: cuDNN plans per shape, ~200 ms for
-    each new batch length on an H100 (docs/benchmarks.md). That holds for the recompute of a checkpointed
-    block in backward too, which runs outside hidden(). Checked here by sending the CPU through the GPU
-    branch of attention_backends and reading the flag inside every SDPA call."""
-    import torch.nn.functional as F
-
-    import model.gpt2 as M
-
-    seen, sdpa, real = [], F.scaled_dot_product_attention, M.attention_backends
-
-    def spy(*a, **k):
-        seen.append(torch.backends.cuda.cudnn_sdp_enabled())
-        return sdpa(*a, **k)
-
-    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
-    monkeypatch.setattr(M, "attention_backends", lambda device: M.sdpa_kernel(M.ATTENTION_BACKENDS))
-    torch.manual_seed(0)
-    model = GPT(M.config_for("tiny")).train()
-    model.grad_checkpoint = checkpointing
-    idx = torch.randint(0, model.config.vocab_size, (2, 16))
-    model(idx, targets=idx).backward()
-    n = model.config.n_layer
-    assert seen == [False] * (2 * n if checkpointing else n)  # forward, + the recompute when checkpointing
-    assert torch.backends.cuda.cudnn_sdp_enabled()  # the setting outside is left as it was
-    with real(torch.device("cpu")):  # nothing to choose on a CPU
-        assert torch.backends.cuda.cudnn_sdp_enabled()
-    with real(torch.device("cuda")):  # a GPU: everything but cuDNN
-        assert not torch.backends.cuda.cudnn_sdp_enabled() and torch.backends.cuda.flash_sdp_enabled()
-
-
-def test_linear_under_torch_compile_is_a_reduction_for_one_fp32_row(monkeypatch):
-    """Inside torch.compile (generate(compile=True)) oneDNN's op cannot run: linear() writes one fp32 row as
-    multiply-and-sum (one reduction kernel for inductor) and everything else as F.linear. Traced here at
-    the aten level, with is_compiling() patched on: the ops each case emits, and the same numbers."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    import model.gpt2 as M
-
-    class Ops(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.seen.add(func.overloadpacket.__name__)
-            return func(*args, **(kwargs or {}))
-
-    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    g = torch.Generator().manual_seed(0)
-    w, b = torch.randn(96, 64, generator=g), torch.randn(96, generator=g)
-    cases = [  # input, autograd, expect the reduction
-        (torch.randn(1, 1, 64, generator=g), False, True),
-        (torch.randn(1, 64, generator=g), False, True),
-        (torch.randn(3, 64, generator=g), False, False),
-        (torch.randn(1, 64, generator=g).double(), False, False),
-        (torch.randn(1, 64, generator=g), True, False),
-    ]
-    for x, grad, reduction in cases:
-        wx, bx = w.to(x.dtype), b.to(x.dtype)
-        with torch.set_grad_enabled(grad), Ops() as ops:
-            ops.seen = set()
-            y = M.linear(x, wx, bx)
-        assert ("sum" in ops.seen and not ops.seen & {"addmm", "mm", "linear"}) == reduction, ops.seen
-        torch.testing.assert_close(y, torch.nn.functional.linear(x, wx, bx), rtol=1e-5, atol=1e-5)
