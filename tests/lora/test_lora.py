@@ -6,6 +6,7 @@ import re
 import pytest
 import torch
 
+from lora.config import LoRAConfig, parse_targets
 from lora.lora import (
     LoRALinear,
     inject_lora,
@@ -15,7 +16,6 @@ from lora.lora import (
     trainable_report,
     unmerge_lora,
 )
-from lora.config import LoRAConfig, parse_targets
 from model.gpt2 import GPT, config_for
 
 
