@@ -94,14 +94,15 @@ class DeviceOptions:
     device: str = opt("auto", "auto (a GPU if there is one, else the CPU), cpu, cuda, cuda:N")
     dtype: str = opt(
         "auto",
-        "auto: bf16 where the GPU or CPU computes it natively, fp16 on older GPUs, else fp32",
+        "auto: bf16 on GPUs that have it, fp16 on older ones; fp32 on a CPU (bf16 autocast for training "
+        "where the CPU computes bf16 natively)",
         choices=["auto", "fp32", "bf16", "fp16"],
     )
 
-    def resolve(self) -> tuple[torch.device, torch.dtype]:
-        """(device, dtype) for --device and --dtype, "auto" resolved."""
+    def resolve(self, *, training: bool) -> tuple[torch.device, torch.dtype]:
+        """(device, dtype) for --device and --dtype, "auto" resolved as resolve_dtype says."""
         device = resolve_device(self.device)
-        return device, resolve_dtype(self.dtype, device)
+        return device, resolve_dtype(self.dtype, device, training=training)
 
 
 @dataclass
@@ -136,10 +137,11 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def resolve_dtype(name: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """A dtype name (fp32, bf16, fp16, or their torch names) -> torch dtype. "auto": bf16 on GPUs that have
-    it, fp16 on older GPUs; on a CPU bf16 only where it is native (AVX512-BF16, AMX), since elsewhere bf16
-    is emulated and far slower than fp32. None -> fp32."""
+def resolve_dtype(name: str | torch.dtype | None, device: torch.device, *, training: bool) -> torch.dtype:
+    """A dtype name (fp32, bf16, fp16, or their torch names) -> torch dtype; None -> fp32. "auto", the one
+    rule every entry point uses: on a GPU bf16 where it has it, else fp16; on a CPU fp32, except bf16
+    autocast for training where the CPU computes bf16 natively (AVX512-BF16, AMX; elsewhere bf16 is emulated
+    and far slower). Inference on a CPU stays fp32: exact, and its weights are read once per token anyway."""
     if name is None:
         return torch.float32
     if isinstance(name, torch.dtype):
@@ -147,7 +149,7 @@ def resolve_dtype(name: str | torch.dtype | None, device: torch.device) -> torch
     if name == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if device.type == "cpu" and cpu_has_bf16() else torch.float32
+        return torch.bfloat16 if training and device.type == "cpu" and cpu_has_bf16() else torch.float32
     if name not in DTYPES:
         raise UsageError(f"unknown dtype {name!r}; choose from {', '.join(DTYPES)} or auto")
     return DTYPES[name]

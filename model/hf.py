@@ -170,7 +170,8 @@ def build_model(ck: Checkpoint, device="cpu", dtype=None, dropout: float = 0.0) 
     model.load_state_dict(ck.state_dict, assign=True)
     model.lm_head.weight = model.transformer.wte.weight  # assign=True swapped wte's Parameter: tie again
     device = resolve_device(device)
-    target = None if dtype == "auto" else resolve_dtype(dtype, device)  # "auto" here: as stored
+    # "auto" here: as stored in the file
+    target = None if dtype == "auto" else resolve_dtype(dtype, device, training=False)
     return model.to(device=device, dtype=target).eval()
 
 
