@@ -52,7 +52,8 @@ class LoRALinear(nn.Module):
         n = sum(slices) if slices else 1  # number of rank-r pairs
         self.slice_out = self.out_features // len(slices) if slices else self.out_features
         rank = cfg.rank
-        self.rank, self.alpha, self.rslora, self.scaling = rank, cfg.alpha, cfg.rslora, cfg.scaling
+        self.rank, self.alpha, self.rslora = rank, cfg.alpha, cfg.rslora
+        self.scaling = cfg.scaling  # alpha / r, or alpha / sqrt(r) with rslora
         kw = dict(device=linear.weight.device, dtype=torch.float32)  # fp32 even on a bf16 base
         self.lora_A = nn.Parameter(torch.empty(n * rank, self.in_features, **kw))  # (n*r, in): A_q over A_v
         self.lora_B = nn.Parameter(torch.zeros(n * self.slice_out, rank, **kw))  # (n*out_s, r): B_q over B_v

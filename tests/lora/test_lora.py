@@ -12,6 +12,7 @@ from lora.lora import (
     inject_lora,
     lora_layers,
     lora_state_dict,
+    merge_and_unload,
     merge_lora,
     trainable_report,
     unmerge_lora,
@@ -222,3 +223,21 @@ def test_lora_linear_keeps_the_wrapped_parameters():
     layer = LoRALinear(lin, LoRAConfig(rank=2, alpha=4))
     assert layer.weight is lin.weight and layer.bias is lin.bias
     assert layer.lora_A.shape == (2, 8) and layer.lora_B.shape == (6, 2) and layer.scaling == 2
+
+
+def test_merge_and_unload_leaves_plain_linears_with_the_adapted_logits():
+    """For inference: every adapter merged into its weight, and a plain nn.Linear (the same Parameters)
+    back in place of each LoRALinear; the logits are the adapted model's, the state dict a base model's."""
+    model, x = tiny(), ids()
+    base_keys = list(model.state_dict())
+    inject_lora(model, LoRAConfig(rank=4, alpha=8, targets="all"), verbose=False)
+    randomize_B(model)
+    with torch.no_grad():
+        adapted = model(x)
+    weight = model.transformer.h[0].attn.c_attn.weight
+    assert merge_and_unload(model) is model
+    assert not lora_layers(model) and type(model.transformer.h[0].attn.c_attn) is torch.nn.Linear
+    assert model.transformer.h[0].attn.c_attn.weight is weight  # merged in place, not copied
+    assert list(model.state_dict()) == base_keys
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), adapted, rtol=1e-5, atol=1e-5)
