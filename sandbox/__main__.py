@@ -140,6 +140,9 @@ def humaneval_cmd(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     commands = {"run": run_cmd, "humaneval": humaneval_cmd}
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__.strip() + "\n\nEach command has its own --help (python -m sandbox run --help).")
+        return 0
     if not argv or argv[0] not in commands:
         raise UsageError(
             "usage: python -m sandbox {run FILE | humaneval --canonical | humaneval --samples F}"
