@@ -7,16 +7,18 @@ instead of a traceback.
         batch_size: int = opt(8, "examples per micro-batch")
 
     cfg = parse_config(Config, argv)   # --batch-size 8, --flag/--no-flag for bools, --help from `help`
-    device, dtype = cfg.resolve()      # the one meaning of --device auto and --dtype auto
+    device, dtype = cfg.resolve(training=False)  # the one meaning of --device auto and --dtype auto
 
 The shared groups: ModelOptions (which weights), DeviceOptions (where, in what precision), SamplingOptions
-(how to pick tokens); LoRA's are lora.config.LoRAOptions, the data's data.prepare.DataConfig.
+(how to pick tokens); a train.py run to load is runs.RunModelOptions, LoRA's lora.config.LoRAOptions, the
+data's data.prepare.DataConfig. --help lists a group's flags under the first line of its docstring.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import sys
 import tomllib
@@ -57,31 +59,52 @@ def _field_type(tp) -> type:
 
 
 def build_parser(cls, description: str = "", prog: str | None = None) -> argparse.ArgumentParser:
-    """One `--flag` per dataclass field; the field's `help` metadata and default are what --help prints."""
+    """One `--flag` per dataclass field; the field's `help` metadata and default are what --help prints.
+
+    Fields that a config inherits from an option group with a docstring (ModelOptions, ...) are listed
+    under that docstring's first line, one section per group in the order of the config's bases, after the
+    config's own fields. Sections change what --help shows, never what is parsed."""
     parser = argparse.ArgumentParser(
         prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
+    fields = dataclasses.fields(cls)
+    owner = {f.name: next(c for c in cls.__mro__ if f.name in inspect.get_annotations(c)) for f in fields}
+    grouped = [c for c in cls.__mro__[1:] if c in owner.values() and _title(c)]
+    sections = {c: parser.add_argument_group(_title(c)) for c in grouped}
+    rank = {c: i + 1 for i, c in enumerate(grouped)}  # 0: the config's own fields, listed first
     hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
+    for f in sorted(fields, key=lambda f: rank.get(owner[f.name], 0)):  # usage line in --help's order
+        where = sections.get(owner[f.name], parser)
         flag = "--" + f.name.replace("_", "-")
         tp = _field_type(hints[f.name])
         kw = dict(help=f.metadata.get("help", " ").replace("%", "%%"), dest=f.name)  # argparse formats %
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if tp is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, **kw)
+            where.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, **kw)
             continue
         if "choices" in f.metadata:
             kw["choices"] = f.metadata["choices"]
         if f.metadata.get("nargs"):
             kw["nargs"] = f.metadata["nargs"]
             kw["const"] = f.metadata.get("const")
-        parser.add_argument(flag, type=tp, default=default, **kw)
+        where.add_argument(flag, type=tp, default=default, **kw)
     return parser
+
+
+def _title(cls) -> str | None:
+    """An option group's --help section: the first line of its docstring; None for a class without one
+    (@dataclass fills a missing docstring with "Name(field=...)")."""
+    doc = cls.__dict__.get("__doc__") or ""
+    if not dataclasses.is_dataclass(cls) or doc.startswith(cls.__name__ + "("):
+        return None
+    return doc.strip().split("\n")[0].rstrip(".") or None
 
 
 # ------------------------------------------------------------------------------------- shared option groups
 @dataclass
 class ModelOptions:
+    """The GPT-2 architecture and its weights."""
+
     model: str = opt("gpt2", "architecture preset: gpt2, gpt2-medium, gpt2-large, gpt2-xl, tiny")
     weights: str | None = opt(None, "an HF GPT-2 folder, .safetensors file or hub id (default: the preset's)")
     init: str = opt(
@@ -91,6 +114,8 @@ class ModelOptions:
 
 @dataclass
 class DeviceOptions:
+    """Where the model runs, and in what precision."""
+
     device: str = opt("auto", "auto (a GPU if there is one, else the CPU), cpu, cuda, cuda:N")
     dtype: str = opt(
         "auto",
@@ -107,12 +132,15 @@ class DeviceOptions:
 
 @dataclass
 class SamplingOptions:
+    """How each next token is picked."""
+
     temperature: float = opt(0.0, "0 = greedy; 0.2 for one good answer (pass@1), 0.8 for variety (pass@10)")
     top_p: float = opt(0.95, "nucleus sampling: keep the smallest set of tokens with this much probability")
     top_k: int = opt(0, "sample among the k likeliest tokens (0 = all)")
     max_new_tokens: int = opt(256, "tokens generated per completion at most")
 
     def check_sampling(self) -> None:
+        """Each setting in range, or a UsageError naming the flag (also for a setting changed later)."""
         if self.temperature < 0:
             raise UsageError(f"--temperature {self.temperature} is negative; use 0 (greedy) or more")
         if not 0 < self.top_p <= 1:

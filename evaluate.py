@@ -23,20 +23,15 @@ from pathlib import Path
 
 import numpy as np
 
-from cli import UsageError, opt, parse_config, run_main
+from cli import DeviceOptions, SamplingOptions, UsageError, opt, parse_config, run_main
 from evaluation.metrics import corpus_bleu, pass_at_k, rouge_l, sentence_bleu, summarize, syntax_ok
 from evaluation.report import compare, flatten, header, plot_curves, write_csv, write_report
+from runs import RunModelOptions, checkpoints, load_model_for_inference, read_config
 
 
 # ------------------------------------------------------------------------------------------------ config
 @dataclass
-class EvalConfig:
-    run: str | None = opt(None, "a train.py run folder (scores its final/)")
-    weights: str | None = opt(None, "an HF GPT-2 checkpoint folder/file or hub id, instead of --run")
-    adapter: str | None = opt(None, "a PEFT LoRA adapter folder, merged onto the model")
-    init: str = opt("pretrained", "random: untrained weights (smoke tests)", choices=["pretrained", "random"])
-    model: str = opt("gpt2", "model preset for --init random, or the hub id")
-    checkpoint: str | None = opt(None, "a step-N folder of --run to score instead of final/")
+class EvalConfig(RunModelOptions, SamplingOptions, DeviceOptions):
     all_checkpoints: bool = opt(False, "score every checkpoint of --run and final/, plot the curves")
     split: str = opt("test", "held-out split", choices=["validation", "test"])
     limit: int = opt(100, "score the first N examples of the split; 0 = all; -1 = none")
@@ -45,11 +40,11 @@ class EvalConfig:
     prompt_format: str | None = opt(None, "prompt format (default: the run's)")
     humaneval: bool = opt(True, "score HumanEval pass@k in the sandbox")
     humaneval_limit: int = opt(0, "the first N HumanEval problems; 0 = all 164")
-    n_samples: int = opt(1, "HumanEval samples per problem; pass@k for every k in 1, 10, 100 up to it")
-    temperature: float = opt(0.0, "HumanEval sampling: 0 greedy; Codex used 0.2 for pass@1, 0.8 for pass@10")
-    top_p: float = opt(0.95, "HumanEval nucleus sampling (when temperature > 0)")
-    top_k: int = opt(0, "HumanEval top-k sampling; 0 = off")
-    max_new_tokens: int = opt(256, "tokens generated per sample at most")
+    n_samples: int = opt(
+        1,
+        "HumanEval samples per problem at --temperature (the split is scored greedy, one each); pass@k for "
+        "every k in 1, 10, 100 up to it",
+    )
     batch_size: int = opt(8, "prompts per generation batch")
     seed: int = opt(0, "sampling seed")
     workers: int | None = opt(None, "sandbox worker processes (default: the sandbox's, the CPU count)")
@@ -62,12 +57,6 @@ class EvalConfig:
         None, "run folders to tabulate side by side (the full-vs-LoRA table)", nargs="+"
     )
     self_check: bool = opt(False, "check the harness against known answers; exit 1 if a check fails")
-    device: str = opt("cpu", "cpu, cuda, cuda:1, mps")
-    dtype: str = opt(
-        "auto",
-        "auto (bf16/fp16 on a GPU, fp32 on CPU), fp32, bf16, fp16",
-        choices=["auto", "fp32", "bf16", "fp16"],
-    )
 
 
 # Settings that change the scores: a resumed eval/<tag>/ must have been made with the same ones.
@@ -325,16 +314,14 @@ def split_tasks(cfg: EvalConfig, run_cfg: dict) -> list[Task]:
 
 
 def validate(cfg: EvalConfig) -> None:
-    if cfg.run and cfg.weights:
-        raise UsageError("pass --run or --weights, not both")
+    cfg.check_model()
+    cfg.check_sampling()
     if cfg.all_checkpoints and not cfg.run:
         raise UsageError("--all-checkpoints needs --run (the checkpoints live in the run folder)")
     if cfg.all_checkpoints and cfg.checkpoint:
         raise UsageError("pass --checkpoint or --all-checkpoints, not both")
-    if cfg.checkpoint and not cfg.run:
-        raise UsageError("--checkpoint needs --run")
-    if cfg.n_samples < 1 or cfg.batch_size < 1 or cfg.max_new_tokens < 1:
-        raise UsageError("--n-samples, --batch-size and --max-new-tokens must be at least 1")
+    if cfg.n_samples < 1 or cfg.batch_size < 1:
+        raise UsageError("--n-samples and --batch-size must be at least 1")
     if cfg.n_samples > 1 and cfg.temperature == 0:
         raise UsageError(
             f"--n-samples {cfg.n_samples} at --temperature 0 repeats one greedy sample; pass --temperature "
@@ -369,9 +356,6 @@ def checkpoint_targets(run: Path, ckpts: list[Path]) -> list[tuple[str, str | No
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cli import resolve_device, resolve_dtype
-    from runs import checkpoints, load_model_for_inference, read_config
-
     cfg = parse_config(EvalConfig, argv, description=__doc__.split("\n\n")[0], prog="evaluate.py")
     if cfg.self_check:
         return 0 if self_check(cfg) else 1
@@ -380,8 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     validate(cfg)
     run_cfg = read_config(cfg.run) if cfg.run else {}
-    device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
+    device, dtype = cfg.resolve(training=False)
     targets = [("", cfg.checkpoint, None, None)]
     if cfg.all_checkpoints:
         targets = checkpoint_targets(Path(cfg.run), checkpoints(cfg.run))
@@ -393,13 +376,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"evaluating {len(tasks)} prompts -> {root}; sandbox layers: {getattr(sandbox, 'layers', '?')}")
     points = []
     for name, path, step, epoch in targets:
-        net, info = load_model_for_inference(
-            run=cfg.run, weights=cfg.weights, adapter=cfg.adapter, init=cfg.init, model=cfg.model,
-            checkpoint=path, device=str(device), dtype=dtype,
-        )  # fmt: skip
+        target = dataclasses.replace(cfg, checkpoint=path)
+        net, info = load_model_for_inference(target, device, dtype)
         print(header(info))
         out = root / name
-        rows = evaluate_model(net, tasks, dataclasses.replace(cfg, checkpoint=path), out, sandbox)
+        rows = evaluate_model(net, tasks, target, out, sandbox)
         report = write_report(out, rows, info, dataclasses.asdict(cfg))
         flat = {k: v for k, v in flatten(report["metrics"]).items() if ".statuses." not in k}
         points.append({"checkpoint": name or "final", "step": step, "epoch": epoch, **flat})

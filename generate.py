@@ -22,16 +22,15 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TextIO
 
 import torch
 
-from cli import UsageError, build_parser, opt, resolve_device, resolve_dtype, run_main
+from cli import DeviceOptions, SamplingOptions, UsageError, build_parser, opt, resolve_device, run_main
 from data.prepare import DataConfig, format_prompt
 from data.tokenizer import get_tokenizer
 from generation import generate_stream
-from runs import load_model_for_inference, read_config
+from runs import RunModelOptions, load_model_for_inference, read_config
 
 # HumanEval's stops (Codex paper): a completion ends where the next top-level statement would begin.
 STOP_SEQUENCES = ("\ndef", "\nclass", "\nif", "\nprint", "\n#")
@@ -158,9 +157,7 @@ def complete(
 
 
 # ---------------------------------------------------------------- the command line
-INITS = ("pretrained", "random")
 FORMATS = ("study", "docstring")
-DTYPES = ("auto", "fp32", "bf16", "fp16")
 SETTINGS = (
     "prompt_format",
     "signature",
@@ -175,26 +172,14 @@ SETTINGS = (
 
 
 @dataclass
-class GenerateConfig:
+class GenerateConfig(RunModelOptions, SamplingOptions, DeviceOptions):
     prompt: str = opt("", "the docstring: what the function should do (or pass it as the last argument)")
-    # the model
-    run: str | None = opt(None, "a run folder written by train.py (its final/ weights, its prompt format)")
-    checkpoint: str | None = opt(None, "with --run: a step-N checkpoint of the run instead of final/")
-    weights: str | None = opt(None, "an HF GPT-2 folder, .safetensors file or hub id (default: --model's)")
-    adapter: str | None = opt(None, "a PEFT LoRA adapter folder, merged into the weights")
-    init: str = opt("pretrained", "pretrained weights, or random (offline smoke tests)", choices=INITS)
-    model: str = opt("gpt2", "architecture preset: gpt2, gpt2-medium, gpt2-large, gpt2-xl, tiny")
     prompt_format: str | None = opt(
         None, "study or docstring (default: the run's, else the training default)", choices=FORMATS
     )
     signature: str | None = opt(None, 'docstring format: the def line, e.g. "def fib(n: int) -> int:"')
     func_name: str | None = opt(None, "docstring format without --signature: def NAME(): (default solution)")
-    # sampling
     n: int = opt(1, "completions per prompt")
-    temperature: float = opt(0.0, "0 = greedy; 0.2 for one good answer, 0.8 for variety")
-    top_p: float = opt(1.0, "nucleus sampling: keep the smallest set of tokens with this much probability")
-    top_k: int = opt(0, "sample among the k likeliest tokens (0 = all)")
-    max_new_tokens: int = opt(256, "tokens to generate at most per completion")
     seed: int = opt(0, "seed of the sampler")
     # what to do with the code
     run_code: bool = opt(False, "run each completion in the sandbox (script mode): status, output, duration")
@@ -207,12 +192,10 @@ class GenerateConfig:
     )
     json: bool = opt(False, "print one JSON object (per prompt) instead of text")
     stream: bool | None = opt(None, "print tokens as they come (default: when stdout is a terminal; n=1)")
-    device: str = opt("auto", "auto, cpu, cuda, cuda:N")
-    dtype: str = opt("auto", "auto (bf16/fp16 on a GPU, fp32 on CPU), fp32, bf16, fp16", choices=DTYPES)
     compile: bool = opt(
         False,
-        "CPU, one completion at a time: decode through torch.compile (GPT-2 124M: ~1.3x the tokens/s; the "
-        "first docstring waits ~40 s for the compile, ~8 s once cached; needs a C++ compiler)",
+        "CPU, one completion at a time: decode through torch.compile (the first docstring waits while it "
+        "compiles; needs a C++ compiler; measured in docs/benchmarks.md)",
     )
 
 
@@ -231,14 +214,7 @@ def check_settings(cfg: GenerateConfig) -> None:
     """The sampling settings, also checked when the REPL changes one."""
     if cfg.n < 1:
         raise UsageError(f"--n {cfg.n}: ask for at least 1 completion")
-    if cfg.temperature < 0:
-        raise UsageError(f"--temperature {cfg.temperature} is negative; use 0 (greedy) or more")
-    if not 0 < cfg.top_p <= 1:
-        raise UsageError(f"--top-p {cfg.top_p} is outside (0, 1]; 1 turns nucleus sampling off")
-    if cfg.top_k < 0:
-        raise UsageError(f"--top-k {cfg.top_k} is negative; 0 turns top-k off")
-    if cfg.max_new_tokens < 1:
-        raise UsageError(f"--max-new-tokens {cfg.max_new_tokens}: generate at least 1 token")
+    cfg.check_sampling()
 
 
 def check_config(cfg: GenerateConfig) -> None:
@@ -248,27 +224,19 @@ def check_config(cfg: GenerateConfig) -> None:
             'the docstring is empty; say what the function should do, e.g. "Return the n-th Fibonacci '
             'number." (or pass --interactive)'
         )
-    if cfg.run and (cfg.weights or cfg.init == "random"):
-        raise UsageError("--run brings its own weights; drop --weights / --init random")
-    if cfg.weights and cfg.init == "random":
-        raise UsageError("--weights and --init random exclude each other; pass one")
-    if cfg.checkpoint and not cfg.run:
-        raise UsageError("--checkpoint needs --run: it names a checkpoint of that run (e.g. step-500)")
-    if cfg.run and not Path(cfg.run).is_dir():
-        raise UsageError(f"--run {cfg.run} does not exist; pass a run folder written by train.py")
+    cfg.check_model()
     if cfg.stream and cfg.json:
         raise UsageError("--stream and --json exclude each other: JSON is printed once, complete")
     if cfg.timeout <= 0:
         raise UsageError(f"--timeout {cfg.timeout}: the sandbox needs a positive time limit")
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {cfg.device} asked for CUDA, but no GPU is visible; pass --device cpu")
+    device = resolve_device(cfg.device)  # as load() will pick it ("auto": the GPU if there is one)
     if cfg.compile:
-        check_compile(cfg)
+        check_compile(cfg, device)
 
 
-def check_compile(cfg: GenerateConfig) -> None:
+def check_compile(cfg: GenerateConfig, device: torch.device) -> None:
     """--compile: fp32 decoding on a CPU, with a C++ compiler for inductor's kernels."""
-    if resolve_device(cfg.device).type != "cpu":  # as load() will pick it ("auto": the GPU if there is one)
+    if device.type != "cpu":
         raise UsageError("--compile is for decoding on a CPU; drop it on a GPU (or pass --device cpu)")
     if cfg.dtype not in ("auto", "fp32"):
         raise UsageError(f"--compile decodes fp32 weights; drop --dtype {cfg.dtype} or --compile")
@@ -298,18 +266,8 @@ def resolve_prompt_format(cfg: GenerateConfig) -> str:
 
 def load(cfg: GenerateConfig):
     """(model, info) as runs.load_model_for_inference gives them, on the chosen device and dtype."""
-    device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
-    model, info = load_model_for_inference(
-        run=cfg.run,
-        weights=cfg.weights,
-        adapter=cfg.adapter,
-        init=cfg.init,
-        model=cfg.model,
-        checkpoint=cfg.checkpoint,
-        device=str(device),
-        dtype=dtype,
-    )
+    device, dtype = cfg.resolve(training=False)
+    model, info = load_model_for_inference(cfg, device, dtype)
     info.update(device=str(device), dtype=str(dtype).removeprefix("torch."))
     return model, info
 

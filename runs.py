@@ -7,17 +7,21 @@ runs/NAME/config.json           the resolved TrainConfig
           merged/               LoRA only: base + merged adapter as an HF GPT-2 checkpoint
           base/                 --init random only: the random base weights (HF checkpoint)
           plots/                loss.png, throughput.png, memory.png
+
+evaluate.py and generate.py name the model to load with RunModelOptions (--run, --checkpoint, --adapter
+and ModelOptions' --model, --weights, --init) and load it with load_model_for_inference.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from cli import UsageError
+from cli import ModelOptions, UsageError, opt
 
 CKPT_RE = re.compile(r"^step-(\d+)$")
 COMPLETE_MARK = "COMPLETE"  # written last inside a checkpoint folder; its absence means the write was cut
@@ -49,22 +53,35 @@ def resolve_checkpoint(run: str | Path, checkpoint: str) -> Path:
         Path(run) / "checkpoints" / checkpoint)  # fmt: skip
 
 
-def load_model_for_inference(
-    run: str | None = None,
-    weights: str | None = None,
-    adapter: str | None = None,
-    init: str = "pretrained",
-    model: str = "gpt2",
-    checkpoint: str | None = None,
-    device: str = "cpu",
-    dtype: torch.dtype | None = None,
-):
-    """A GPT ready to generate (adapters merged, fast kernels swapped in), and a dict describing where it
-    came from.
+@dataclass
+class RunModelOptions(ModelOptions):
+    """A train.py run to load instead of --weights, or a LoRA adapter to merge."""
 
-    run: a train.py run folder (its final/ weights, or `checkpoint`: a step-N folder, by path or name);
-    weights: an HF GPT-2 folder/file/hub id; adapter: a PEFT adapter folder applied on top (merged);
-    init="random": the `model` preset with random weights (smoke tests; info["random_init"] is True).
+    run: str | None = opt(None, "a run folder written by train.py: its final/ weights and its prompt format")
+    checkpoint: str | None = opt(None, "with --run: a step-N checkpoint (name or path) instead of final/")
+    adapter: str | None = opt(None, "a PEFT LoRA adapter folder, merged into the weights")
+
+    def check_model(self) -> None:
+        """One source of weights, named consistently, or a UsageError naming the flags."""
+        if self.run and self.weights:
+            raise UsageError("--run brings its own weights; pass --run or --weights, not both")
+        if self.run and self.init == "random":
+            raise UsageError("--run brings its own weights; drop --init random")
+        if self.weights and self.init == "random":
+            raise UsageError("--weights and --init random exclude each other; pass one")
+        if self.checkpoint and not self.run:
+            raise UsageError("--checkpoint needs --run: it names a checkpoint of that run (e.g. step-500)")
+        if self.run and not Path(self.run).is_dir():
+            raise UsageError(f"--run {self.run} does not exist; pass a run folder written by train.py")
+
+
+def load_model_for_inference(opts: RunModelOptions, device: torch.device, dtype: torch.dtype):
+    """A GPT ready to generate (adapters merged, fast kernels swapped in), on `device` in `dtype`, and a dict
+    describing where it came from.
+
+    opts.run: a train.py run folder (its final/ weights, or opts.checkpoint: a step-N folder, by path or
+    name); opts.weights: an HF GPT-2 folder/file/hub id; opts.adapter: a PEFT adapter folder applied on top
+    (merged); opts.init "random": the opts.model preset with random weights (info["random_init"] is True).
     """
     from lora.lora import merge_and_unload
     from lora.peft_io import load_adapter
@@ -73,6 +90,7 @@ def load_model_for_inference(
     from model.kernels import use_fast_kernels
 
     info = {"random_init": False, "prompt_format": None, "source": None, "lora_rank": 0}
+    run, checkpoint, adapter = opts.run, opts.checkpoint, opts.adapter
     if run is not None:
         cfg = read_config(run)
         info["prompt_format"] = cfg.get("prompt_format")
@@ -91,13 +109,13 @@ def load_model_for_inference(
             net = load_pretrained(str(src), device=device, dtype=dtype)
             info["random_init"] = cfg.get("init") == "random"
         info["source"] = str(src)
-    elif weights is not None or init == "pretrained":
-        net = load_pretrained(weights or model, device=device, dtype=dtype)
-        info["source"] = weights or model
+    elif opts.weights is not None or opts.init == "pretrained":
+        net = load_pretrained(opts.weights or opts.model, device=device, dtype=dtype)
+        info["source"] = opts.weights or opts.model
     else:
         torch.manual_seed(0)
-        net = GPT(config_for(model)).to(device=device, dtype=dtype)
-        info.update(random_init=True, source=f"random {model}")
+        net = GPT(config_for(opts.model)).to(device=device, dtype=dtype)
+        info.update(random_init=True, source=f"random {opts.model}")
     if adapter is not None:
         load_adapter(net, adapter)
         merge_and_unload(net)

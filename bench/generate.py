@@ -1,15 +1,16 @@
 """Generation speed: our KV-cache generate() against HF transformers' generate(), same weights, one run.
 
     python -m bench.generate              # batch 1 greedy and 10 samples per prompt, fp32 and bf16 weights
-    python -m bench.generate --quick      # one weight dtype (bf16 where native, else fp32), 3 rounds
+    python -m bench.generate --quick      # one weight dtype (generate.py's --dtype auto), 3 rounds
     python -m bench.generate --device cuda
     python -m bench.generate --host-bound --threads 1   # each side's cost per decode step around the kernels
 
 One random GPT-2 124M (seeded) is saved by transformers and loaded by model/hf.py, so both sides hold the
-same weights; a greedy run checks that they also produce the same ids. The prompt is 64 random token ids;
-every call makes exactly --new-tokens tokens per row (no end-of-text stop), so tokens/s = rows x new
-tokens / seconds, prefill included. Each round makes one call of every workload on each side (ours b1,
-HF b1, ours n, HF n); medians of --rounds after a warm-up round.
+same weights; ours runs with model/kernels.py's fast kernels, as generate.py runs it, and a greedy run
+checks that both produce the same ids. The prompt is 64 random token ids; every call makes exactly
+--new-tokens tokens per row (no end-of-text stop), so tokens/s = rows x new tokens / seconds, prefill
+included. Each round makes one call of every workload on each side (ours b1, HF b1, ours n, HF n);
+medians of --rounds after a warm-up round.
 The pass@k workload is n=10 samples of one prompt (temperature 0.8, top-p 0.95): one prefill, ten rows.
 --host-bound keeps GPT-2's 12 layers and 12 heads but at width 48 with a 1,024-token vocabulary: the work
 per step is then tiny, and tokens/s measures what each side spends around its kernels (Python, dispatch,
@@ -26,15 +27,19 @@ import time
 import torch
 
 from bench.common import interleave, machine_line, markdown_table, median, open_device, positive_int, timed
+from cli import cpu_has_bf16, resolve_dtype
+from generation import generate
 
 HOST_BOUND = dict(n_embd=48, vocab_size=1024)  # --host-bound: GPT-2's depth and heads, tiny matrices
 
 
 def load_pair(device: torch.device, seed: int = 0, **shape):
-    """(ours, hf) GPT-2 (124M, or GPT2Config(**shape)) with the same random weights, in eval mode, fp32."""
+    """(ours, hf) GPT-2 (124M, or GPT2Config(**shape)) with the same random weights, in eval mode, fp32;
+    ours with the fast kernels that generate.py decodes with."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from model.hf import load_pretrained
+    from model.kernels import use_fast_kernels
 
     torch.manual_seed(seed)
     last = shape.get("vocab_size", 50257) - 1  # GPT-2's <|endoftext|> is its last id
@@ -44,7 +49,7 @@ def load_pair(device: torch.device, seed: int = 0, **shape):
         ours = load_pretrained(d, device=device)
     hf.generation_config.eos_token_id = None  # every call makes exactly max_new_tokens tokens
     hf.generation_config.pad_token_id = last
-    return ours.eval(), hf.to(device)
+    return use_fast_kernels(ours).eval(), hf.to(device)
 
 
 def workloads(
@@ -59,7 +64,7 @@ def workloads(
     sampling = dict(temperature=0.8, top_p=0.95)
 
     def ours_greedy(**kw):
-        return ours.generate([ids[0]], max_new_tokens=new, **kw)
+        return generate(ours, [ids[0]], max_new_tokens=new, **kw)
 
     def hf_greedy():
         return hf.generate(
@@ -68,7 +73,7 @@ def workloads(
 
     def ours_sample(**kw):
         g.manual_seed(seed)
-        return ours.generate([ids[0]], max_new_tokens=new, n=n, generator=g, **sampling, **kw)
+        return generate(ours, [ids[0]], max_new_tokens=new, n=n, generator=g, **sampling, **kw)
 
     def hf_sample():
         torch.manual_seed(seed)
@@ -91,7 +96,7 @@ def workloads(
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench.generate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="one weight dtype (as auto), 3 rounds")
+    p.add_argument("--quick", action="store_true", help="one weight dtype (generate.py's auto), 3 rounds")
     p.add_argument("--prompt-len", type=positive_int, default=64)
     p.add_argument("--new-tokens", type=positive_int, default=128)
     p.add_argument("--n", type=positive_int, default=10, help="samples per prompt in the pass@k row")
@@ -140,15 +145,15 @@ def main(argv=None) -> int:
     if args.compile and args.warmup < 1:
         print("error: --compile needs a warm-up round (--warmup 1 or more): it holds the compile time")
         return 2
-    from bench.train import auto_dtype
-
-    native = auto_dtype(device)  # without native bf16 a CPU emulates it, ~30x slower than fp32
-    dtypes = (
-        (["fp32", "bf16"] if native == "bf16" else ["fp32"])
-        if args.dtypes == "auto"
-        else args.dtypes.split(",")
-    )
-    dtypes = [native] if args.quick and args.dtypes == "auto" else dtypes
+    dtypes = args.dtypes.split(",")
+    if args.dtypes != "auto" and not set(dtypes) <= {"fp32", "bf16"}:
+        print(f"error: --dtypes {args.dtypes}: pass fp32, bf16, fp32,bf16 or auto")
+        return 2
+    if args.dtypes == "auto":  # a CPU without native bf16 emulates it, far slower: bf16 rows would time that
+        native_bf16 = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_bf16()
+        dtypes = ["fp32", "bf16"] if native_bf16 else ["fp32"]
+    if args.quick and args.dtypes == "auto":  # the one generate.py decodes in
+        dtypes = ["bf16" if resolve_dtype("auto", device, training=False) == torch.bfloat16 else "fp32"]
     rounds = min(3, args.rounds) if args.quick else args.rounds
     shape = HOST_BOUND if args.host_bound else {}
     ours, hf = load_pair(device, **shape)
@@ -156,16 +161,16 @@ def main(argv=None) -> int:
     prompt = torch.randint(0, vocab, (1, args.prompt_len), generator=torch.Generator().manual_seed(1))
     prompt = prompt.to(device)
     with torch.no_grad():
-        a = ours.generate([prompt[0].tolist()], max_new_tokens=16)[0]
+        a = generate(ours, [prompt[0].tolist()], max_new_tokens=16)[0]
         b = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=16, do_sample=False)
     hf_ids = b[0, args.prompt_len :].tolist()
     print(f"greedy ids, fp32, first 16 tokens: ours == HF: {a == hf_ids}")
     if args.cuda_graph:
-        c = ours.generate([prompt[0].tolist()], max_new_tokens=16, cuda_graph=True)[0]
+        c = generate(ours, [prompt[0].tolist()], max_new_tokens=16, cuda_graph=True)[0]
         print(f"greedy ids, fp32, first 16 tokens: ours with the CUDA graph == HF: {c == hf_ids}")
     if args.compile:
         start = time.perf_counter()
-        c = ours.generate([prompt[0].tolist()], max_new_tokens=16, compile=True)[0]
+        c = generate(ours, [prompt[0].tolist()], max_new_tokens=16, compile=True)[0]
         print(
             f"greedy ids, fp32, first 16 tokens: ours compiled == HF: {c == hf_ids} (first call, compile "
             f"included: {time.perf_counter() - start:.1f} s)"

@@ -3,6 +3,9 @@
 import json
 import math
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import sacrebleu
@@ -289,15 +292,40 @@ def test_all_checkpoints_scores_each_step_once_with_its_epoch(tmp_path):
     assert targets == [("step-2", str(ckpts[0]), 2, 0.5), ("final", None, 4, 1.0)]
 
 
+TINY = ["--init", "random", "--model", "tiny"]
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--n-samples", "10"], "repeats one greedy sample"),
+        ([*TINY, "--n-samples", "10"], "repeats one greedy sample"),
+        ([*TINY, "--top-p", "1.5"], r"--top-p 1.5 is outside \(0, 1\]"),
+        ([*TINY, "--max-new-tokens", "0"], "--max-new-tokens 0: generate at least 1 token"),
+        ([*TINY, "--batch-size", "0"], "must be at least 1"),
         (["--run", "nowhere", "--weights", "w"], "not both"),
-        (["--all-checkpoints"], "needs --run"),
-        (["--run", "nowhere"], "not a run folder"),
+        (["--run", "nowhere", *TINY], "drop --init random"),
+        ([*TINY, "--all-checkpoints"], "needs --run"),
+        ([*TINY, "--checkpoint", "step-2"], "--checkpoint needs --run"),
+        (["--run", "nowhere"], "--run nowhere does not exist"),
     ],
 )
 def test_bad_input_gets_one_clear_sentence(argv, message):
     with pytest.raises(UsageError, match=message):
-        main(["--init", "random", "--model", "tiny", *argv])
+        main(argv)
+
+
+def test_a_folder_without_config_json_is_not_a_run(tmp_path):
+    with pytest.raises(UsageError, match="not a run folder"):
+        main(["--run", str(tmp_path)])
+
+
+def test_command_line_errors_exit_2_with_one_line():
+    proc = subprocess.run(
+        [sys.executable, "evaluate.py", "--run", "runs/no-such-run", "--top-p", "0"],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: --run runs/no-such-run")

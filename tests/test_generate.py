@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+import generate
+import generation
 from data.tokenizer import get_tokenizer
 from generate import STOP_SEQUENCES, RowText, complete
 from model.gpt2 import GPT, config_for
@@ -16,39 +18,39 @@ def model():
     return GPT(config_for("tiny")).eval()
 
 
-class CountingModel:
-    """The model, counting the decoding steps complete() asks it for."""
+@pytest.fixture
+def steps(monkeypatch) -> list:
+    """The decoding steps complete() asks generation.generate_stream for, one entry per step."""
+    taken = []
 
-    def __init__(self, model):
-        self.model, self.steps = model, 0
-
-    def parameters(self):
-        return self.model.parameters()
-
-    def generate_stream(self, *args, **kw):
-        for step in self.model.generate_stream(*args, **kw):
-            self.steps += 1
+    def counting(*args, **kw):
+        for step in generation.generate_stream(*args, **kw):
+            taken.append(step)
             yield step
+
+    monkeypatch.setattr(generate, "generate_stream", counting)
+    return taken
 
 
 def test_greedy_completion_is_the_decoded_new_tokens_and_never_the_prompt(model):
     tok = get_tokenizer()
     (text,) = complete(model, [PROMPTS[0]], max_new_tokens=20)[0]
-    ids = model.generate([tok.encode(PROMPTS[0])], max_new_tokens=20, eos=tok.eot)[0]
+    ids = generation.generate(model, [tok.encode(PROMPTS[0])], max_new_tokens=20, eos=tok.eot)[0]
     assert text == tok.decode(ids)
     assert len(ids) == 20 and not text.startswith(PROMPTS[0])
 
 
-def test_completion_is_cut_before_the_first_stop_and_the_row_stops_there(model):
+def test_completion_is_cut_before_the_first_stop_and_the_row_stops_there(model, steps):
     full = complete(model, [PROMPTS[1]], max_new_tokens=30)[0][0]
+    assert len(steps) == 30  # no stop: every token
     stop = full[12:15]  # a piece of what the model writes anyway, so the cut point is known
     cut = full.index(stop)
-    counting = CountingModel(model)
-    assert complete(counting, [PROMPTS[1]], max_new_tokens=30, stop=[stop, "never appears"]) == [[full[:cut]]]
-    assert counting.steps < 30
+    steps.clear()
+    assert complete(model, [PROMPTS[1]], max_new_tokens=30, stop=[stop, "never appears"]) == [[full[:cut]]]
+    assert 0 < len(steps) < 30
 
 
-def test_endoftext_ends_a_row_and_never_shows_as_text():
+def test_endoftext_ends_a_row_and_never_shows_as_text(steps):
     torch.manual_seed(0)
     net = GPT(config_for("tiny")).eval()
     with torch.no_grad():  # constant logits wte @ v, with v best aligned with <|endoftext|>'s row
@@ -56,9 +58,8 @@ def test_endoftext_ends_a_row_and_never_shows_as_text():
         net.transformer.ln_f.weight.zero_()
         net.transformer.ln_f.bias.copy_(v)
         net.transformer.wte.weight[get_tokenizer().eot] = 10 * v
-    counting = CountingModel(net)
-    assert complete(counting, PROMPTS, max_new_tokens=10) == [[""]] * 3
-    assert counting.steps == 1
+    assert complete(net, PROMPTS, max_new_tokens=10) == [[""]] * 3
+    assert len(steps) == 1
 
 
 def test_streamed_pieces_add_up_to_each_completion(model):

@@ -5,6 +5,7 @@ same text streamed or not, a sandbox status that matches running that code direc
 known code for the verdicts.
 """
 
+import dataclasses
 import io
 import json
 import subprocess
@@ -14,10 +15,11 @@ from pathlib import Path
 import pytest
 
 import generate
-from cli import UsageError
+from cli import DeviceOptions, SamplingOptions, UsageError, parse_config
 from data.prepare import format_prompt
 from model.gpt2 import GPT, config_for
 from model.hf import save_pretrained
+from runs import RunModelOptions
 from sandbox import Sandbox
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,7 +151,7 @@ def test_interactive_reads_docstrings_and_commands_until_end_of_input(capsys, mo
         assert (r["settings"]["temperature"], r["settings"]["max_new_tokens"], r["settings"]["top_p"]) == (
             0.8,
             8,
-            1.0,  # ":top-p 2" was refused
+            0.95,  # ":top-p 2" was refused: the default stands
         )
     assert "error: unknown command :bogus" in err
     assert "error: :temp needs a number" in err
@@ -192,6 +194,10 @@ def test_a_run_folder_is_loaded_with_the_prompt_format_it_was_trained_with(capsy
         (["--run", "runs/no-such-run", DOC], "--run runs/no-such-run does not exist"),
         ([*TINY, "--n", "0", DOC], "--n 0"),
         ([*TINY, "--temperature", "-1", DOC], "--temperature -1.0 is negative"),
+        ([*TINY, "--top-p", "0", DOC], "--top-p 0.0 is outside (0, 1]"),
+        ([*TINY, "--max-new-tokens", "0", DOC], "--max-new-tokens 0: generate at least 1 token"),
+        (["--init", "random", "--weights", "w", DOC], "--weights and --init random exclude each other"),
+        (["--run", "runs/no-such-run", "--weights", "w", DOC], "pass --run or --weights, not both"),
         ([*TINY, "--stream", "--json", DOC], "--stream and --json exclude each other"),
         ([*TINY, "--checkpoint", "step-1", DOC], "--checkpoint needs --run"),
         ([*TINY, "--prompt", DOC, DOC], "pass the docstring once"),
@@ -231,6 +237,24 @@ def test_a_run_trained_with_another_prompt_format_is_refused(tmp_path):
     (run / "config.json").write_text(json.dumps(dict(prompt_format="docstring", lora_rank=0)))
     with pytest.raises(UsageError, match="trained with --prompt-format docstring, not study"):
         generate.main(["--run", str(run), "--prompt-format", "study", DOC])
+
+
+def test_generate_and_evaluate_share_one_definition_of_the_model_sampling_and_device_flags():
+    """The same flags parse to the same values, with the same defaults, in both entry points."""
+    from evaluate import EvalConfig
+
+    groups = (RunModelOptions, SamplingOptions, DeviceOptions)
+    shared = [f.name for group in groups for f in dataclasses.fields(group)]
+    flags = ["--run", "r", "--checkpoint", "step-2", "--adapter", "a", "--model", "tiny", "--weights", "w",
+             "--init", "random", "--temperature", "0.8", "--top-p", "0.9", "--top-k", "5",
+             "--max-new-tokens", "7", "--device", "cpu", "--dtype", "fp32"]  # fmt: skip
+    for argv in ([], flags):
+        ours = generate.parse_args([*argv, DOC])
+        theirs = parse_config(EvalConfig, argv)
+        assert {k: getattr(ours, k) for k in shared} == {k: getattr(theirs, k) for k in shared}
+    assert (ours.top_k, ours.max_new_tokens, ours.dtype) == (5, 7, "fp32")  # the flags were read
+    cfg = generate.parse_args([DOC])
+    assert (cfg.top_p, cfg.temperature, cfg.device, cfg.dtype) == (0.95, 0.0, "auto", "auto")
 
 
 def test_command_line_errors_exit_2_with_one_line():
