@@ -6,20 +6,23 @@ batches and for length-bucketed and packed batches of the embedded corpus. LoRA 
     python -m bench.shapes --device cuda --cudnn-attention  # torch picks (cuDNN first on Hopper)
 
 Run the two in separate processes, as here: what a shape leaves behind (cuDNN plans, cuBLAS heuristics,
-the allocator's blocks) lasts as long as the process. This is the measurement behind model/gpt2.py's
-ATTENTION_BACKENDS (docs/benchmarks.md).
+the allocator's blocks) lasts as long as the process. This is the measurement behind model/kernels.py's
+gpu_attention_without_cudnn (docs/benchmarks.md, "Attention kernels on a GPU").
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from contextlib import nullcontext
 
 import numpy as np
+import torch
 
 from bench import common as C
 from bench.train import Spec, Subset, auto_dtype, build_ours, study_batch
+from data.loader import Batches
+from data.prepare import DataConfig, prepare
+from model.gpt2 import config_for
 
 
 def parse_args(argv=None):
@@ -40,30 +43,24 @@ def main(argv=None) -> int:
     device = C.open_device(args.device)
     if device is None:
         return 2
-    import model.gpt2 as M
-
-    chosen = M.attention_backends
-    if args.cudnn_attention:  # undo the model's choice: torch picks, cuDNN first where it can
-        M.attention_backends = lambda device: nullcontext()
+    chosen = torch.backends.cuda.cudnn_sdp_enabled()  # process-wide: restored after the run
     try:
         print(measure(args, device))
     finally:
-        M.attention_backends = chosen
+        torch.backends.cuda.enable_cudnn_sdp(chosen)
     print(f"\n{C.machine_line(device)}")
     return 0
 
 
 def measure(args, device) -> str:
-    from data.loader import Batches
-    from data.prepare import DataConfig, prepare
-    from model.gpt2 import config_for
-
     L = min(512, config_for(args.model).block_size)
     ds = prepare(DataConfig(data="pysrc", max_len=L, cache_dir=args.cache_dir), splits=("train",))["train"]
     pick = np.random.default_rng(0).choice(len(ds), size=min(args.examples, len(ds)), replace=False)
     sub, B = Subset(ds, pick), args.batch_size
     dtype = auto_dtype(device)
     _, step = build_ours(Spec("ours", "c_attn", dtype, str(device), model=args.model), device)
+    if args.cudnn_attention:  # undo the model's choice (use_fast_kernels turns cuDNN off): torch picks
+        torch.backends.cuda.enable_cudnn_sdp(True)
     pipelines = {
         f"pad to {L}": [
             study_batch(sub, list(range(s, min(s + B, len(sub)))), L) for s in range(0, len(sub), B)
@@ -88,7 +85,7 @@ def measure(args, device) -> str:
                      f"{1e3 * (first - again) / len(batches):,.0f}"])  # fmt: skip
         print(f"  {name}: first pass {first:.2f} s, again {again:.2f} s", flush=True)
     header = ["batches", "n", "distinct shapes", "first pass s", "again s", "extra ms per batch, first pass"]
-    attention = "torch's own backend order" if args.cudnn_attention else "model.gpt2.ATTENTION_BACKENDS"
+    attention = "torch's own backend order" if args.cudnn_attention else "without cuDNN (model/kernels.py)"
     return (
         f"\nOur train step over {len(sub)} corpus examples, LoRA r=8 on c_attn, {dtype}, batch {B}; "
         f"attention: {attention}:\n\n" + C.markdown_table(header, rows)

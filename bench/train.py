@@ -12,8 +12,8 @@ imports (weights + gradients + optimizer state + activations + allocator slack),
 torch.cuda.max_memory_allocated. Random weights: speed does not depend on their values.
 
 What the two sides run (same shapes, dtype policy, optimizer and clipping):
-  ours   model/gpt2.py (+ lora/lora.py), train.py's own build_model / make_optimizer / train_step: loss over
-         target positions only, frozen LoRA base weights stored in bf16 under bf16.
+  ours   model/gpt2.py (+ lora/lora.py), train.py's own build_model / make_optimizer / TrainStep (training/):
+         loss over target positions only, frozen LoRA base weights stored in bf16 under bf16.
   HF     GPT2LMHeadModel (SDPA attention) + peft.get_peft_model, a step as HF Trainer takes it: autocast
          forward with labels, backward, clip_grad_norm_(1.0), AdamW (fused, Trainer's default), zero_grad.
 """
@@ -28,9 +28,21 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 
 from bench import common as C
+from cli import resolve_dtype
+from data.loader import Batches
+from data.prepare import DataConfig, prepare
+from data.tokenizer import EOT
+from model.gpt2 import GPT, IGNORE, config_for
+from training.build import build_model
+from training.config import TrainConfig
+from training.cuda_graph import CudaGraphStep
+from training.hardware import flops_per_token, memory_bytes, peak_tflops
+from training.optim import make_optimizer
+from training.step import Batch, TrainStep
 
 VOCAB = 50257
 # Our LoRA targets -> the nearest PEFT target_modules. PEFT cannot adapt q and v alone inside GPT-2's
@@ -49,10 +61,8 @@ QUICK = ("lora-attn", "full")  # + the dtype --dtype auto picks
 
 def auto_dtype(device: torch.device) -> str:
     """bf16 where it is native (GPU, AVX512-BF16/AMX CPU); else fp32, as train.py --dtype auto decides.
-    Without native support a CPU emulates bf16 matmuls ~30x slower than fp32: those rows would take hours."""
-    import train
-
-    return "bf16" if train.resolve_dtype("auto", device) == torch.bfloat16 else "fp32"
+    Without native support a CPU emulates bf16 matmuls far slower than fp32: those rows would take hours."""
+    return "bf16" if resolve_dtype("auto", device, training=True) == torch.bfloat16 else "fp32"
 
 
 @dataclass
@@ -67,46 +77,38 @@ class Spec:
     alpha: float = 16.0
     model: str = "gpt2"
     compile: bool = False
-    cuda_graph: bool = False  # ours: train.CudaGraphStep (a GPU and one batch shape)
+    cuda_graph: bool = False  # ours: training.cuda_graph.CudaGraphStep (a GPU and one batch shape)
     threads: int = 0  # 0 = torch's default
     seq_len: int = 256  # for the model FLOPs per token (MFU)
 
 
 # ------------------------------------------------------------------------------------------- the workers
 def build_ours(spec: Spec, device: torch.device):
-    """Our model, optimizer and one-step function, through train.py's own code."""
-    import train
-    from model.gpt2 import GPT, config_for
-
-    cfg = train.TrainConfig(
+    """Our model, optimizer and one-step function, through train.py's own code (training/)."""
+    cfg = TrainConfig(
         model=spec.model, init="random", lora_rank=spec.rank if spec.targets else 0,
         lora_alpha=spec.alpha, lora_targets=spec.targets or "q,v", dtype=spec.dtype, lr=1e-4,
         max_len=config_for(spec.model).block_size,
     )  # fmt: skip
     dtype = torch.bfloat16 if spec.dtype == "bf16" else torch.float32
     torch.manual_seed(0)
-    model = train.build_model(cfg, device, dtype, log=lambda *a: None)
+    model = build_model(cfg, device, dtype, log=lambda *a: None)
     assert isinstance(model, GPT) and model.config == config_for(spec.model)
-    opt = train.make_optimizer(model, cfg, device)
+    opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
     amp = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
     fwd = torch.compile(model) if spec.compile else model
     if spec.cuda_graph:
-        graphed = train.CudaGraphStep(fwd, model, opt, dtype, 1.0, device)
-        return model, lambda batch: graphed([batch])[0]
-
-    def step(batch: dict) -> float:
-        loss, _ = train.train_step(fwd, model, [batch], opt, None, amp, 1.0, device, False)
-        return loss
-
-    return model, step
+        step = CudaGraphStep(fwd, opt, device, dtype, raw_model=model, grad_clip=1.0)
+    else:
+        step = TrainStep(fwd, opt, device, raw_model=model, amp=amp, grad_clip=1.0)
+    return model, lambda batch: step([Batch.from_dict(batch)])[0]
 
 
 def build_hf(spec: Spec, device: torch.device):
     """GPT2LMHeadModel (+ PEFT LoRA), stepped the way HF Trainer steps it."""
+    # transformers and peft take seconds to import: only the HF workers pay for them
     from peft import LoraConfig, get_peft_model
     from transformers import GPT2Config, GPT2LMHeadModel
-
-    from model.gpt2 import config_for
 
     c = config_for(spec.model)
     torch.manual_seed(0)
@@ -161,11 +163,7 @@ def worker(conn, spec: Spec) -> None:
     try:
         t = time.perf_counter()
         model, step = (build_ours if spec.impl == "ours" else build_hf)(spec, device)
-        fpt = None
-        if spec.impl == "ours":
-            import train
-
-            fpt = train.flops_per_token(model, spec.seq_len)
+        fpt = flops_per_token(model, spec.seq_len) if spec.impl == "ours" else None
         conn.send(dict(build_s=time.perf_counter() - t, flops_per_token=fpt))
         while (msg := conn.recv()) is not None:
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in msg.items()}
@@ -177,9 +175,7 @@ def worker(conn, spec: Spec) -> None:
     except Exception as e:  # the parent is waiting on the pipe: tell it, rather than leave it hanging
         conn.send(dict(error=f"{spec.impl} worker: {type(e).__name__}: {e}"))
         raise
-    import train
-
-    peak = train.memory_bytes(device) - (base if device.type == "cpu" else 0)
+    peak = memory_bytes(device) - (base if device.type == "cpu" else 0)
     conn.send(dict(peak_bytes=peak, trainable=sum(p.numel() for p in model.parameters() if p.requires_grad)))
 
 
@@ -244,10 +240,8 @@ def bench_models(args, device: torch.device) -> str:
         names = [f"{q}-{dtypes[0]}" for q in QUICK]
     batch = random_batch(args.batch_size, args.seq_len)
     tokens = args.batch_size * args.seq_len
-    import train
-
     # MFU's denominator, as train.py logs it: the GPU's table peak, or the best timed 1024^3 matmul on a CPU
-    peaks = {d: train.peak_tflops(device, torch.bfloat16 if d == "bf16" else torch.float32) * 1e12
+    peaks = {d: peak_tflops(device, torch.bfloat16 if d == "bf16" else torch.float32) * 1e12
              for d in {CONFIGS[n][1] for n in names if n in CONFIGS}}  # fmt: skip
     rows = []
     for name in names:
@@ -318,9 +312,6 @@ class Subset:
 def study_batch(sub: Subset, rows: list[int], max_len: int) -> dict:
     """The study's collation: every example right-padded to max_len, the loss on every real token (prompt
     included; pads are -100 as DataCollatorForLanguageModeling makes them). Keys for both sides."""
-    from data.tokenizer import EOT
-    from model.gpt2 import IGNORE
-
     B = len(rows)
     ids = torch.full((B, max_len), EOT, dtype=torch.long)
     attn = torch.zeros(B, max_len, dtype=torch.long)
@@ -339,12 +330,6 @@ def study_batch(sub: Subset, rows: list[int], max_len: int) -> dict:
 
 def bench_corpus(args, device: torch.device) -> str:
     """Useful (code) tokens per second over the same examples of the embedded corpus, LoRA r=8 on c_attn."""
-    import numpy as np
-
-    from data.loader import Batches
-    from data.prepare import DataConfig, prepare
-    from model.gpt2 import config_for
-
     L = min(512, config_for(args.model).block_size)  # the study's pad length (less only for tiny shapes)
     ds = prepare(DataConfig(data="pysrc", max_len=L, cache_dir=args.cache_dir), splits=("train",))["train"]
     n = 16 if args.quick else args.examples
@@ -453,8 +438,6 @@ def main(argv=None) -> int:
     if args.cuda_graph and device.type != "cuda":
         print("error: --cuda-graph needs --device cuda")
         return 2
-    from model.gpt2 import config_for
-
     if not args.corpus and args.seq_len > (context := config_for(args.model).block_size):  # --corpus: L = 512
         print(f"error: --seq-len {args.seq_len} exceeds the {args.model} context of {context} tokens")
         return 2

@@ -41,30 +41,40 @@ from pathlib import Path
 
 import numpy as np
 
-from cli import UsageError, parse_config, run_main
+from cli import UsageError, opt, parse_config, run_main
 from data import sources
 from data.tokenizer import EOT, RANKS_SHA256, get_tokenizer
 
 CACHE_VERSION = 1  # bump when the cache layout or example construction changes
 FORMATS = ("study", "docstring")
+DEFAULT_MAX_LEN = 512  # tokens per example: the study's length
 
 
 @dataclass
 class DataConfig:
-    data: str = field(default="auto", metadata={"help": "auto | codexglue | pysrc | jsonl:PATH"})
-    data_files: str | None = field(
-        default=None, metadata={"help": "comma-separated local parquet/jsonl files in CodeXGLUE's schema"}
+    """The training data: its source, filters, prompt format and token cache."""
+
+    data: str = opt(
+        "auto",
+        "auto (CodeXGLUE if reachable or cached, else the embedded corpus), codexglue, pysrc, or jsonl:PATH",
     )
-    pysrc_roots: str | None = field(
-        default=None, metadata={"help": "comma-separated source trees to mine besides the standard library"}
+    data_files: str | None = opt(None, "comma-separated local CodeXGLUE-schema parquet/jsonl files")
+    pysrc_roots: str | None = opt(None, "comma-separated extra Python source trees for the embedded corpus")
+    max_train_examples: int | None = opt(None, "use the first N training examples (the study used 10000)")
+    max_len: int | None = opt(
+        None,
+        "tokens per example, prompt + code + EOS; longer ones are dropped "
+        "(default 512, or the model's context if shorter)",
     )
-    max_train_examples: int | None = field(
-        default=None, metadata={"help": "keep this many training examples"}
+    prompt_format: str = opt(
+        "study", "study ('Prompt: ... Code: ...') or docstring (HumanEval-style def)", choices=FORMATS
     )
-    max_len: int = field(default=512, metadata={"help": "longest example in tokens; longer ones are dropped"})
-    prompt_format: str = field(default="study", metadata={"help": "study | docstring", "choices": FORMATS})
-    train_on_prompt: bool = field(default=False, metadata={"help": "put loss on the prompt tokens too"})
-    cache_dir: str = field(default=".cache/data", metadata={"help": "where token caches are kept"})
+    train_on_prompt: bool = opt(False, "also put loss on the prompt tokens (the study did)")
+    cache_dir: str = opt(".cache/data", "where tokenized datasets are cached")
+
+    def __post_init__(self) -> None:
+        if self.max_len is None:  # no model here to be shorter than; train.py's TrainConfig knows one
+            self.max_len = DEFAULT_MAX_LEN
 
 
 # ---------------------------------------------------------------- prompt format

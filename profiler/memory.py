@@ -23,18 +23,27 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import datetime
 import json
+import platform
 import resource
 import subprocess
 import sys
 from collections import defaultdict
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from cli import UsageError, parse_config, run_main
+from cli import UsageError, opt, parse_config, resolve_dtype, run_main
+from lora.lora import LoRALinear
+from model.gpt2 import IGNORE
+from training.build import build_model, meta_model
+from training.config import TrainConfig, validate
+from training.hardware import peak_rss_bytes
+from training.optim import make_optimizer
+from training.step import Batch, TrainStep
 
 COMPONENTS = ("params_frozen", "params_trainable", "grads", "optimizer", "activations", "logits")
 HOW = {
@@ -91,8 +100,6 @@ def _linear_saves(lin, rows: int, x_rg: bool, x_kept: bool, s: Saves, x_bytes: i
     """What y = x W^T + b (and a LoRA update) saves for `rows` input rows; returns whether y needs grad.
     x_kept: the input is already saved by an earlier op (attn.c_proj's input is SDPA's output);
     x_bytes: its element size (a LayerNorm output is fp32 even under autocast)."""
-    from lora.lora import LoRALinear
-
     out_f, in_f = lin.weight.shape
     lora = isinstance(lin, LoRALinear)
     drop = lora and getattr(lin.dropout, "p", 0) > 0  # LoRA's A then multiplies a new tensor, dropout(x)
@@ -159,23 +166,13 @@ def activation_bytes(model, B: int, T: int, N: int, amp: torch.dtype | None, pac
     return dict(scopes=out, weight_copies=weights + s.weights, recompute=max(per_block) if ckpt else 0)
 
 
-def meta_model(cfg, dtype: torch.dtype):
-    """train.build_model on the meta device: the real architecture, LoRA and dtype policy, no weights."""
-    import train
-
-    with torch.random.fork_rng(devices=[]), torch.device("meta"):
-        build = replace(cfg, init="random", dry_run=False)
-        return train.build_model(build, torch.device("meta"), dtype, log=lambda *a, **k: None)
-
-
 def resolve(cfg) -> tuple[torch.device, torch.dtype]:
-    import train
-
+    """The device and training dtype the config names; a GPU need not be here to predict for one."""
     if cfg.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(cfg.device)
-    return device, train.resolve_dtype(cfg.dtype, device)
+    return device, resolve_dtype(cfg.dtype, device, training=True)
 
 
 def default_target_fraction(cfg) -> float:
@@ -185,12 +182,12 @@ def default_target_fraction(cfg) -> float:
     return 1.0 if getattr(cfg, "train_on_prompt", False) or getattr(cfg, "cuda_graph", False) else 0.6
 
 
-def estimate(cfg, B: int | None = None, T: int | None = None, n_targets: int | None = None,
+def estimate(cfg: TrainConfig, B: int | None = None, T: int | None = None, n_targets: int | None = None,
              target_fraction: float | None = None) -> dict:  # fmt: skip
-    """Predicted bytes per component for a TrainConfig (or anything with its fields), from the config alone.
-    B, T default to batch_size, max_len (full rows: the step that sets the peak); N to target_fraction*B*T."""
+    """Predicted bytes per component for a TrainConfig, from the config alone. B, T default to batch_size,
+    max_len (full rows: the step that sets the peak); N to target_fraction * B * T."""
     device, dtype = resolve(cfg)
-    model = meta_model(cfg, dtype)
+    model, lora = meta_model(cfg, dtype), cfg.lora()
     B, T = B or cfg.batch_size, T or cfg.max_len
     frac = default_target_fraction(cfg) if target_fraction is None else target_fraction
     N = n_targets if n_targets is not None else max(1, round(frac * B * T))
@@ -226,8 +223,8 @@ def estimate(cfg, B: int | None = None, T: int | None = None, n_targets: int | N
         ),
         config=dict(
             model=cfg.model,
-            lora_rank=cfg.lora_rank,
-            lora_targets=cfg.lora_targets if cfg.lora_rank else None,
+            lora_rank=0 if lora is None else lora.rank,
+            lora_targets=None if lora is None else cfg.lora_targets,
             B=B,
             T=T,
             n_targets=N,
@@ -338,11 +335,9 @@ def heap_in_use() -> int | None:
 
 def rss_bytes() -> tuple[int, int]:
     """(current, process peak) resident set size."""
-    import train
-
     with open("/proc/self/statm") as f:
         current = int(f.read().split()[1]) * resource.getpagesize()
-    return current, train.peak_rss_bytes()
+    return current, peak_rss_bytes()
 
 
 class PhaseMeter:
@@ -377,11 +372,10 @@ class PhaseMeter:
         self.phases[self.current] = row
 
 
-def profile_step(model, raw_model, micro, opt, scaler, amp, grad_clip, device, ddp=False) -> tuple:
-    """train.train_step with memory accounting: (loss, grad norm, measured dict). The accounting covers
-    the first micro-batch's forward; phases are marked by a forward hook and the optimizer's step hooks."""
-    import train
-
+def profile_step(step: TrainStep, micro: list[Batch]) -> tuple[float, float, dict]:
+    """One TrainStep with memory accounting: (loss, grad norm, measured dict). The accounting covers the
+    first micro-batch's forward; phases are marked by a forward hook and the optimizer's step hooks."""
+    raw_model, opt, device = step.raw_model, step.optimizer, step.device
     ledger, meter, seen = SavedTensorLedger(raw_model), PhaseMeter(device), {}
 
     def forward_end(*a):
@@ -409,9 +403,7 @@ def profile_step(model, raw_model, micro, opt, scaler, amp, grad_clip, device, d
         with ledger.hooks():
             ledger.on = True
             meter.start("forward")
-            loss, grad_norm = train.train_step(
-                model, raw_model, micro, opt, scaler, amp, grad_clip, device, ddp
-            )
+            loss, grad_norm = step(micro)
     finally:
         ledger.close()
         for h in handles:
@@ -435,12 +427,7 @@ def profile_step(model, raw_model, micro, opt, scaler, amp, grad_clip, device, d
         activations_by_component={k: v for k, v in scopes.items() if k != "logits"},
         phases=meter.phases,
         heap_before_step=heap0,
-        batch=dict(
-            B=b["idx"].shape[0],
-            T=b["idx"].shape[1],
-            n_targets=int(b["n_targets"]),
-            pack=b.get("mask") is not None,
-        ),  # fmt: skip
+        batch=dict(B=b.idx.shape[0], T=b.idx.shape[1], n_targets=b.n_targets, pack=b.mask is not None),
         device=device.type if device.type == "cpu" else torch.cuda.get_device_name(device),
         how=HOW,
     )
@@ -451,8 +438,6 @@ def synthetic_batch(B: int, T: int, vocab: int, target_fraction: float = 0.6, pa
                     seed: int = 0) -> dict:  # fmt: skip
     """A batch like data.loader's: random ids, the first (1 - target_fraction) of each example a prompt
     (IGNORE). Packed: two examples per row, each with its own positions and a block-causal mask."""
-    from model.gpt2 import IGNORE
-
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, vocab, (B, T), generator=g)
     targets = torch.randint(0, vocab, (B, T), generator=g)
@@ -473,21 +458,24 @@ def synthetic_batch(B: int, T: int, vocab: int, target_fraction: float = 0.6, pa
 def measure(cfg, target_fraction: float | None = None, seed: int = 0) -> dict:
     """Build the configured model with random weights (memory does not depend on their values), run one
     real training step on a synthetic batch of full rows, and return the measured breakdown."""
-    import train
-
     device, dtype = resolve(cfg)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda asked for a GPU, but none is visible; pass --device cpu")
-    cfg = replace(cfg, init="random", dry_run=False, lr=cfg.lr or 1e-4)
+    cfg = replace(cfg, init="random")
     torch.manual_seed(seed)
-    model = train.build_model(cfg, device, dtype, log=lambda *a, **k: None)
+    model = build_model(cfg, device, dtype, log=lambda *a, **k: None)
     model.train()
-    opt = train.make_optimizer(model, cfg, device)
-    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-    amp = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+    step = TrainStep(
+        model,
+        make_optimizer(model, cfg.lr or 1e-4, cfg.weight_decay),
+        device,
+        scaler=torch.amp.GradScaler(device.type) if dtype == torch.float16 else None,
+        amp=torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext(),
+        grad_clip=cfg.grad_clip,
+    )
     frac = default_target_fraction(cfg) if target_fraction is None else target_fraction
     batch = synthetic_batch(cfg.batch_size, cfg.max_len, model.config.vocab_size, frac, cfg.pack, seed)
-    _, _, measured = profile_step(model, model, [batch], opt, scaler, amp, cfg.grad_clip, device)
+    _, _, measured = profile_step(step, [Batch.from_dict(batch)])
     return measured
 
 
@@ -512,6 +500,7 @@ def format_comparison(measured: dict, predicted: dict) -> str:
 # ------------------------------------------------------------------------------------ reports
 def plot_bars(path: Path, labels: list[str], pairs: list[tuple[dict, dict]], title: str) -> None:
     """Stacked bars per component: for each label, measured beside predicted."""
+    # matplotlib takes a while to import and only the reports need it; Agg draws to files
     import matplotlib
 
     matplotlib.use("Agg")
@@ -555,22 +544,16 @@ def write_profile(out: Path, measured: dict, cfg, log=print) -> dict:
     return report
 
 
-def profile_training_memory(model, raw_model, micro, opt, scaler, amp, cfg, device, ddp=False, out=None,
+def profile_training_memory(step: TrainStep, micro: list[Batch], cfg: TrainConfig, out: Path | None = None,
                             log=print) -> tuple[float, float, dict]:  # fmt: skip
-    """train.py --profile-memory: run the first optimizer step through profile_step instead of train_step,
-    and (on rank 0, `out` given) write memory.json and plots/memory.png. Returns (loss, grad norm, report)."""
-    loss, grad_norm, measured = profile_step(
-        model, raw_model, micro, opt, scaler, amp, cfg.grad_clip, device, ddp
-    )
+    """train.py --profile-memory: run the first optimizer step through profile_step, and (on rank 0, `out`
+    given) write memory.json and plots/memory.png. Returns (loss, grad norm, report)."""
+    loss, grad_norm, measured = profile_step(step, micro)
     report = write_profile(Path(out), measured, cfg, log) if out is not None else dict(measured=measured)
     return loss, grad_norm, report
 
 
 # ------------------------------------------------------------------------------------ CLI
-def opt(default, help: str, **kw):
-    return field(default=default, metadata=dict(help=help, **kw))
-
-
 @dataclass
 class MemoryConfig:
     model: str = opt("gpt2", "architecture preset: gpt2, gpt2-medium, gpt2-large, gpt2-xl, tiny")
@@ -593,13 +576,11 @@ class MemoryConfig:
     out_dir: str = opt("runs/memory", "where --compare writes memory_compare.{md,png,json}")
 
 
-def train_config(c: MemoryConfig):
-    import train
-
-    keep = {f.name for f in dataclasses.fields(train.TrainConfig)}
+def train_config(c: MemoryConfig) -> TrainConfig:
+    keep = {f.name for f in dataclasses.fields(TrainConfig)}
     kw = {k: v for k, v in dataclasses.asdict(c).items() if k in keep}
-    cfg = train.TrainConfig(**kw, init="random")  # memory never depends on the weights' values
-    train.validate(cfg)  # one sentence for bad settings; fills in --max-len's default as train.py does
+    cfg = TrainConfig(**kw, init="random")  # memory never depends on the weights' values
+    validate(cfg)  # one sentence for bad settings, as train.py says them
     return cfg
 
 
@@ -649,9 +630,6 @@ def compare(c: MemoryConfig, log=print, isolate: bool = True) -> str:
 
 
 def write_comparison(out: Path, c: MemoryConfig, results: list[tuple[int, dict]], log=print) -> str:
-    import datetime
-    import platform
-
     label = {0: "full"}
     cols = ["params (frozen + trainable)", "grads", "optimizer", "activations", "logits", "total", "peak"]
     head = f"| {c.model} | trainable params | " + " | ".join(cols) + " |"

@@ -1,4 +1,5 @@
-"""train.py: the main job, end to end on tiny configs (CPU, offline, seconds each)."""
+"""train.py: the main job, end to end on tiny configs (CPU, offline, seconds each). The parts it runs are
+tested beside their files in tests/training/."""
 
 import json
 import os
@@ -12,8 +13,6 @@ import pytest
 import torch
 
 import runs
-import train
-from cli import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -75,35 +74,6 @@ def run_train(args: list[str], cwd: Path, check: bool = True, **kw) -> subproces
 def losses(run: Path) -> list[tuple[int, float]]:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return [(r["step"], r["loss"]) for r in rows if "loss" in r]
-
-
-@pytest.mark.parametrize(
-    "name, capability, tf32, bf16, fp32",
-    [
-        ("NVIDIA H100 80GB HBM3", (9, 0), False, 989.0, 67.0),  # fp32 without TF32: the plain fp32 units
-        ("NVIDIA H100 80GB HBM3", (9, 0), True, 989.0, 494.5),  # TF32 allowed: half the bf16 tensor rate
-        ("Tesla V100-SXM2-16GB", (7, 0), True, 125.0, 15.7),  # no TF32 before Ampere, whatever the flag
-    ],
-)
-def test_gpu_peak_for_mfu_follows_the_dtype_and_tf32(monkeypatch, name, capability, tf32, bf16, fp32):
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    before = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("high" if tf32 else "highest")  # what users call to allow TF32
-    try:
-        assert train.cuda_tf32() is tf32
-        gpu = torch.device("cuda")
-        assert train.peak_tflops(gpu, torch.bfloat16) == bf16
-        assert train.peak_tflops(gpu, torch.float32) == fp32
-    finally:
-        torch.set_float32_matmul_precision(before)
-
-
-def test_get_lr_warms_up_then_decays_to_the_floor():
-    lrs = [train.get_lr(s, 1.0, warmup=10, total=100, min_ratio=0.1) for s in range(101)]
-    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # monotone cosine decay after warmup
-    assert lrs[100] == pytest.approx(0.1)
 
 
 @pytest.mark.parametrize("rank", ["8", "0"])
@@ -191,37 +161,6 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tmp_path, corpus)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_a_checkpoint_cut_mid_write_is_never_picked_up(tmp_path):
-    (tmp_path / "checkpoints" / "step-4").mkdir(parents=True)
-    (tmp_path / "checkpoints" / "step-4" / runs.COMPLETE_MARK).write_text("4\n")
-    (tmp_path / "checkpoints" / "step-8").mkdir()  # no COMPLETE mark: the writer died
-    (tmp_path / "checkpoints" / ".tmp-step-12").mkdir()
-    assert runs.latest_checkpoint(tmp_path).name == "step-4"
-
-
-def test_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    from model.gpt2 import GPT, config_for
-
-    cfg = train.TrainConfig(model="tiny", init="random", lora_rank=0)
-    model = GPT(config_for("tiny"))
-    opt = torch.optim.AdamW(model.parameters())
-
-    class Loader:
-        def state_dict(self):
-            return {"epoch": 0, "position": 3}
-
-    first = train.save_checkpoint(tmp_path, 4, model, opt, None, Loader(), cfg, keep=2)
-
-    def disk_full(*a, **k):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(UsageError, match="previous checkpoint is intact"):
-        train.save_checkpoint(tmp_path, 8, model, opt, None, Loader(), cfg, keep=2)
-    assert runs.latest_checkpoint(tmp_path) == first
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-4"]
-
-
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -290,51 +229,6 @@ def test_help_and_dry_run_need_no_network(tmp_path, corpus):
     )
     assert "plan:" in cp.stdout and "trainable params: 294,912" in cp.stdout
     assert not (tmp_path / "dry").exists()  # a dry run writes nothing
-
-
-class ToyExamples:
-    """Variable-length examples with a prompt prefix that carries no loss (what data.prepare produces)."""
-
-    def __init__(self, n: int = 8, seed: int = 0):
-        import numpy as np
-
-        g = np.random.default_rng(seed)
-        self.items = []
-        for _ in range(n):
-            length = int(g.integers(8, 40))
-            prompt = int(g.integers(2, length - 3))
-            self.items.append((g.integers(0, 50000, length), np.arange(length) >= prompt))
-        self.lengths = np.array([len(ids) for ids, _ in self.items])
-
-    def __len__(self):
-        return len(self.items)
-
-    def example(self, i):
-        return self.items[i]
-
-
-def test_accumulation_is_normalized_by_the_target_tokens_of_the_whole_step():
-    """batch 8 x accum 1 and batch 2 x accum 4 over the same examples: the same gradient (SGD lr=1 step)."""
-    import copy
-
-    from data.loader import Batches
-    from model.gpt2 import GPT, config_for
-
-    torch.manual_seed(0)
-    base = GPT(config_for("tiny"))
-    ds = ToyExamples()
-    grads = []
-    for batch_size in (8, 2):
-        model = copy.deepcopy(base)
-        micro = list(Batches(ds, batch_size, max_len=64, shuffle=False))
-        assert sum(len(b["idx"]) for b in micro) == 8
-        opt = torch.optim.SGD(model.parameters(), lr=1.0)
-        train.train_step(model, model, micro, opt, None, train.nullcontext(), 0.0, torch.device("cpu"), False)
-        grads.append({n: base.state_dict()[n] - p for n, p in model.state_dict().items()})
-    assert len({len(b) for b in [grads[0], grads[1]]}) == 1
-    for name in grads[0]:
-        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-5, rtol=0)
-    assert any(g.abs().max() > 1e-4 for g in grads[0].values())  # a real step happened
 
 
 @pytest.mark.slow
@@ -416,19 +310,3 @@ def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0)
-
-
-def test_peak_rss_is_the_process_own_not_inherited_from_its_parent():
-    """train.peak_rss_bytes (train.py's CPU memory, the profiler's and the benchmarks' peaks) reads this
-    process's own high-water mark: getrusage's ru_maxrss would hand a child its parent's peak, so a
-    profiler subprocess started by a big process would report the parent's memory."""
-    big = bytearray(1536 * 2**20)
-    big[::4096] = b"\x01" * len(big[::4096])  # touch every page: 1.5 GiB resident in this process
-    code = "import resource, train; print(train.peak_rss_bytes(), resource.getrusage(0).ru_maxrss)"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          cwd=Path(__file__).resolve().parents[1])  # fmt: skip
-    del big
-    assert done.returncode == 0, done.stderr[-2000:]
-    own, inherited_kib = (int(v) for v in done.stdout.split())
-    assert inherited_kib * 1024 >= 1536 * 2**20  # what ru_maxrss says: the parent's peak (the trap)
-    assert own < 1024 * 2**20  # the child imported torch and train, well under the parent's 1.5 GiB

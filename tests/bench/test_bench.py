@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from cli import resolve_dtype
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def table_rows(text: str) -> list[list[str]]:
@@ -27,9 +29,13 @@ def test_train_bench_prints_speed_memory_and_mfu_for_both_sides(capsys):
     argv = ["--quick", "--model", "tiny", "--seq-len", "32", "--steps", "2", "--warmup", "1"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "MFU against fp32" in out and "torch 2.13.0" in out
+    # --quick runs the dtype train.py's --dtype auto picks here: bf16 where the CPU has it natively, else fp32
+    auto = resolve_dtype("auto", torch.device("cpu"), training=True)
+    picked = {torch.bfloat16: "bf16", torch.float32: "fp32"}[auto]
+    assert f"MFU against {picked} " in out and f"torch {torch.__version__}" in out
     rows = table_rows(out)
     assert [r[0].split(" ")[0] for r in rows] == ["LoRA", "full"]
+    assert [r[1] for r in rows] == [picked, picked]
     for r in rows:
         ours, hf = (float(r[i].replace(",", "")) for i in (2, 3))
         assert ours > 0 and hf > 0
@@ -47,8 +53,10 @@ def test_generate_bench_checks_greedy_ids_and_prints_both_workloads(capsys):
     out = capsys.readouterr().out
     assert "ours == HF: True" in out  # same weights, same greedy ids
     rows = table_rows(out)
-    assert [r[0] for r in rows] == ["batch 1, greedy", f"{n} samples of 1 prompt (pass@k)"]
-    assert all(float(r[2]) > 0 and float(r[3]) > 0 for r in rows)
+    dtypes = list(dict.fromkeys(r[1] for r in rows))  # --dtypes auto: fp32, and bf16 where it is native
+    assert dtypes[0] == "fp32" and set(dtypes) <= {"fp32", "bf16"}
+    assert [r[0] for r in rows] == ["batch 1, greedy", f"{n} samples of 1 prompt (pass@k)"] * len(dtypes)
+    assert all(float(r[2].replace(",", "")) > 0 and float(r[3].replace(",", "")) > 0 for r in rows)
 
 
 def test_generate_bench_host_bound_shapes(capsys):
@@ -60,6 +68,7 @@ def test_generate_bench_host_bound_shapes(capsys):
     assert (ours.config.n_embd, ours.config.vocab_size, ours.config.n_layer) == (48, 1024, 12)
     assert hf.config.n_embd == 48 and hf.lm_head.weight.shape == (1024, 48)
     argv = ["--host-bound", "--prompt-len", "4", "--new-tokens", "3", "--n", "2", "--rounds", "1"]
+    argv += ["--dtypes", "fp32"]  # one row per workload on any CPU
     assert main(argv + ["--warmup", "0"]) == 0
     out = capsys.readouterr().out
     assert "ours == HF: True" in out and "at width 48, vocabulary 1,024" in out
@@ -72,7 +81,7 @@ def test_generate_bench_host_bound_shapes(capsys):
 
 
 def test_generate_bench_compiled_side_is_ours_at_batch_1_through_torch_compile(randomize, monkeypatch):
-    import model.gpt2 as G
+    import generation.fixed_shape as G
     from bench.generate import workloads
     from model.gpt2 import GPT, config_for
 
@@ -90,9 +99,17 @@ def test_generate_bench_compiled_side_is_ours_at_batch_1_through_torch_compile(r
     assert built == [True]
 
 
+def test_generate_bench_refuses_an_unknown_dtype_with_one_line(capsys):
+    from bench.generate import main
+
+    assert main(["--dtypes", "fp32,fp8", "--rounds", "1"]) == 2
+    assert capsys.readouterr().out.strip() == "error: --dtypes fp32,fp8: pass fp32, bf16, fp32,bf16 or auto"
+
+
 def test_gpu_script_runs_every_step_in_smoke_mode(tmp_path):
-    """bench/gpu.sh is what a session lent a GPU for a few minutes runs in one call: a renamed flag in any
-    CLI it drives must fail here, not there. --smoke runs the same commands on tiny shapes on the CPU."""
+    """bench/gpu.sh runs every GPU measurement in one command, on a machine there is little time on: a
+    renamed flag in any CLI it drives must fail here, not there. --smoke runs the same commands on tiny
+    shapes on the CPU."""
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "CACHE_DIR": str(tmp_path / "cache")}
     env["TMPDIR"] = str(tmp_path)
@@ -108,19 +125,22 @@ def test_gpu_script_runs_every_step_in_smoke_mode(tmp_path):
     assert "MFU against fp32" in log and "vs study" in log and "ours == HF: True" in log
     files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
     assert {"gpu.log", "summary.json", "memory.json", "memory/memory_compare.md"} <= files
-    assert len(files) <= 8  # what one device call brings back
+    assert len(files) <= 8  # a handful of files to copy back, not a whole run folder
 
 
 @pytest.mark.parametrize("cudnn", [False, True])
 def test_shapes_bench_times_first_and_second_pass_and_restores_the_attention_choice(capsys, tmp_path, cudnn):
-    import model.gpt2 as M
     from bench.shapes import main
 
-    chosen = M.attention_backends
-    argv = ["--model", "tiny", "--examples", "8", "--cache-dir", str(tmp_path)]
-    argv += ["--cudnn-attention"] if cudnn else []
-    assert main(argv) == 0
-    assert M.attention_backends is chosen  # --cudnn-attention lasts for the run only
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(False)  # as use_fast_kernels leaves it on a GPU
+    try:
+        argv = ["--model", "tiny", "--examples", "8", "--cache-dir", str(tmp_path)]
+        argv += ["--cudnn-attention"] if cudnn else []
+        assert main(argv) == 0
+        assert torch.backends.cuda.cudnn_sdp_enabled() is False  # --cudnn-attention lasts for the run only
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)
     out = capsys.readouterr().out
     assert ("torch's own backend order" in out) == cudnn
     rows = table_rows(out)
@@ -163,7 +183,7 @@ def test_generate_bench_graph_side_is_ours_through_the_fixed_shape_decoder(rando
     """bench.generate --cuda-graph adds a side per workload; off a GPU its fixed-shape steps run eagerly."""
     import torch
 
-    import model.gpt2 as G
+    import generation.fixed_shape as G
     from bench.generate import workloads
     from model.gpt2 import GPT, config_for
 

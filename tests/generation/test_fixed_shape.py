@@ -106,3 +106,29 @@ def test_a_compiled_step_gives_the_eager_steps_logits(model):
     with torch.no_grad():
         args = (torch.tensor([[17]]), torch.tensor([[9]]), 9)
         torch.testing.assert_close(compiled(*args), eager(*args), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (bench/gpu.sh runs this)")
+def test_graph_decoding_gives_the_eager_decoders_ids_on_a_gpu(monkeypatch):
+    """generate(cuda_graph=True), fp32: left-padded prompts, two rows per prompt, one graph per call. (In
+    bf16 a near-tie may flip one greedy id and the row then diverges: the CPU test compares logits.)"""
+    captured = []
+
+    class CountingGraph(torch.cuda.CUDAGraph):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            captured.append(self)
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", CountingGraph)
+    torch.manual_seed(5)
+    model = GPT(config_for("tiny", vocab_size=1024))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)  # peaked distributions: greedy continuations vary
+    model = model.to("cuda").eval()
+    prompts = [[464, 329, 318], [154, 995, 11, 314, 101, 257, 133, 13, 137], [7]]
+    eager = generate(model, prompts, max_new_tokens=24, n=2)
+    graph = generate(model, prompts, max_new_tokens=24, n=2, cuda_graph=True)
+    assert len(captured) == 1
+    assert graph == eager
+    assert len({tuple(r) for r in graph}) > 1

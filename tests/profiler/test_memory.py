@@ -7,7 +7,6 @@ from dataclasses import replace
 import pytest
 import torch
 
-import train
 from cli import UsageError, parse_config
 from profiler.memory import (
     COMPONENTS,
@@ -21,8 +20,12 @@ from profiler.memory import (
     profile_training_memory,
     synthetic_batch,
 )
+from training.build import build_model
+from training.config import TrainConfig
+from training.optim import make_optimizer
+from training.step import Batch, TrainStep
 
-TINY = train.TrainConfig(model="tiny", init="random", lora_rank=0, batch_size=2, max_len=64, dtype="fp32",
+TINY = TrainConfig(model="tiny", init="random", lora_rank=0, batch_size=2, max_len=64, dtype="fp32",
                          device="cpu", lr=1e-3)  # fmt: skip
 GPT2_124M = 124_439_808
 
@@ -102,7 +105,7 @@ def test_cpu_measurement_has_no_zero_by_accident_numbers():
 
 
 def test_ledger_counts_a_storage_once_and_never_a_parameter():
-    model = train.build_model(TINY, torch.device("cpu"), torch.float32, log=lambda *a: None)
+    model = build_model(TINY, torch.device("cpu"), torch.float32, log=lambda *a: None)
     ledger = SavedTensorLedger(model)
     w = next(model.parameters())
     x = torch.randn(1000, requires_grad=True)
@@ -171,12 +174,11 @@ def test_bad_settings_stop_with_one_sentence(argv, says):
 def test_profile_training_memory_writes_memory_json_and_a_measured_beside_predicted_plot(tmp_path):
     cfg = replace(TINY, lora_rank=4, dtype="bf16", profile_memory=True)
     device = torch.device("cpu")
-    model = train.build_model(cfg, device, torch.bfloat16, log=lambda *a: None)
-    opt = train.make_optimizer(model, cfg, device)
-    micro = [synthetic_batch(2, 64, model.config.vocab_size)]
+    model = build_model(cfg, device, torch.bfloat16, log=lambda *a: None)
     amp = torch.autocast("cpu", dtype=torch.bfloat16)
-    quiet = dict(out=tmp_path, log=lambda *a: None)
-    loss, norm, report = profile_training_memory(model, model, micro, opt, None, amp, cfg, device, **quiet)
+    step = TrainStep(model, make_optimizer(model, cfg.lr, cfg.weight_decay), device, amp=amp)
+    micro = [Batch.from_dict(synthetic_batch(2, 64, model.config.vocab_size))]
+    loss, norm, report = profile_training_memory(step, micro, cfg, out=tmp_path, log=lambda *a: None)
     assert math.isfinite(loss) and norm > 0
     saved = json.loads((tmp_path / "memory.json").read_text())
     assert saved["measured"]["components"] == report["measured"]["components"]
@@ -215,7 +217,7 @@ def test_the_loss_holds_one_fp32_buffer_beside_its_input_as_the_estimate_says(dt
     code = f"""
 import torch
 from model.loss import TargetCrossEntropy
-from train import peak_rss_bytes
+from training.hardware import peak_rss_bytes
 g = torch.Generator().manual_seed(0)
 logits = torch.randn({V}, {N}, generator=g, dtype=torch.{dtype}).requires_grad_()
 targets = torch.randint(0, {V}, ({N},), generator=g)
@@ -226,7 +228,7 @@ loss.backward()
 assert logits.grad.dtype == logits.dtype
 print(peak1 - peak0)
 """
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     grown = int(done.stdout.split()[-1])

@@ -1,0 +1,62 @@
+"""The model to train: GPT-2 with pretrained or random weights, LoRA injected per the run's LoRAConfig, the
+frozen weights' dtype chosen, the fast kernels swapped in. The profiler builds the same model on the meta
+device (no weights) to predict its memory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from cli import UsageError
+from lora.lora import LoRALinear, inject_lora
+from model.gpt2 import GPT, config_for
+from model.hf import HUB_IDS, load_pretrained, save_pretrained
+from model.kernels import use_fast_kernels
+from training.config import TrainConfig
+
+
+def build_model(cfg: TrainConfig, device: torch.device, dtype: torch.dtype, log: Callable = print,
+                save_base_to: Path | None = None) -> GPT:  # fmt: skip
+    """The GPT to train: LoRA per cfg.lora() (None: every weight trains). A LoRA run on random weights
+    saves them as save_base_to/base, since its adapter means nothing without them."""
+    lora = cfg.lora()
+    if cfg.init == "random":
+        torch.manual_seed(cfg.seed)
+        model = GPT(config_for(cfg.model))
+        log(
+            f"!!! --init random: {cfg.model} with RANDOM weights. Fine for smoke tests and speed; "
+            "the generated code will be noise. !!!"
+        )
+    else:
+        source = cfg.weights or HUB_IDS[cfg.model]
+        model = load_pretrained(source)
+        log(f"loaded {source}")
+    if cfg.max_len > model.config.block_size:
+        raise UsageError(f"--max-len {cfg.max_len} exceeds the model's context of {model.config.block_size}")
+    if lora is not None:
+        if save_base_to is not None and not (save_base_to / "base").exists():
+            save_pretrained(model, save_base_to / "base")
+        inject_lora(model, lora, verbose=False)
+    model.to(device)
+    use_fast_kernels(model)
+    if lora is not None and dtype == torch.bfloat16:
+        # Frozen Linear weights live in bf16: half the memory, and autocast stops re-casting them every
+        # step. Embeddings, LayerNorms and everything trainable stay fp32.
+        for mod in model.modules():
+            if isinstance(mod, (torch.nn.Linear, LoRALinear)) and mod is not model.lm_head:
+                for p in mod.parameters(recurse=False):
+                    if not p.requires_grad:
+                        p.data = p.data.to(torch.bfloat16)
+    model.grad_checkpoint = cfg.grad_checkpoint
+    return model
+
+
+def meta_model(cfg: TrainConfig, dtype: torch.dtype) -> GPT:
+    """build_model on the meta device: the real architecture, LoRA and dtype policy, no weights (nothing
+    loaded, downloaded or allocated, and the global RNG untouched)."""
+    meta = torch.device("meta")
+    with torch.random.fork_rng(devices=[]), meta:
+        return build_model(replace(cfg, init="random"), meta, dtype, log=lambda *a, **k: None)

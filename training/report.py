@@ -1,0 +1,159 @@
+"""What a run reports: a progress bar on a terminal (one log line per interval otherwise), metrics.jsonl
+(one row per logged step, one per validation), a sample at each validation, and at the end summary.json
+and plots/."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from data.tokenizer import get_tokenizer
+from generation import generate
+from training.checkpoint import atomic_write_text
+from training.config import TrainConfig
+from training.hardware import memory_bytes
+
+
+def log_line(row: dict, total: int) -> str:
+    """step | loss | lr | norm | tok/s | mfu | mem: the plain line printed when stderr is not a terminal."""
+    return (
+        f"step {row['step']:5d}/{total} | loss {row['loss']:.4f} | lr {row['lr']:.2e} | "
+        f"norm {row['grad_norm']:.3f} | {row['tokens_per_sec']:,.0f} tok/s | mfu {100 * row['mfu']:.2f}% | "
+        f"mem {row['mem_bytes'] / 2**20:,.0f} MiB"
+    )
+
+
+class Progress:
+    """The loop's reports. metrics: the metrics.jsonl to append to (rank 0), or None (other ranks: no rows,
+    no bar). Tokens/s and MFU are measured over the steps since the last logged one."""
+
+    def __init__(self, total: int, start: int, *, every: int, steps_per_epoch: int, flops_per_token: float,
+                 peak_tflops: float, device: torch.device, metrics: Path | None,
+                 log: Callable = print):  # fmt: skip
+        self.total, self.every, self.steps_per_epoch = total, every, steps_per_epoch
+        self.flops_per_token, self.peak_flops = flops_per_token, peak_tflops * 1e12
+        self.device, self.log = device, log
+        self.file = open(metrics, "a") if metrics is not None else None
+        tty = self.file is not None and sys.stderr.isatty()
+        self.bar = tqdm(total=total, initial=start, dynamic_ncols=True, disable=not tty)
+        self.t_start = self.t_window = time.perf_counter()
+        self.tokens = 0  # since the last logged step
+
+    def step(self, step: int, loss: float, lr: float, grad_norm: float, n_tokens: int) -> None:
+        self.tokens += n_tokens
+        self.bar.update(1)
+        tps = self.tokens / (time.perf_counter() - self.t_window)
+        self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:.0f}")
+        if self.file is None or not (step % self.every == 0 or step == self.total or step == 1):
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()  # the clock must see the queued kernels
+        tps = self.tokens / (time.perf_counter() - self.t_window)
+        row = dict(
+            step=step,
+            epoch=round(step / self.steps_per_epoch, 4),
+            loss=round(loss, 6),
+            lr=lr,
+            grad_norm=round(grad_norm, 6),
+            tokens=n_tokens,
+            tokens_per_sec=round(tps, 1),
+            mfu=round(tps * self.flops_per_token / self.peak_flops, 6),
+            mem_bytes=memory_bytes(self.device),
+            elapsed_s=round(self.elapsed, 3),
+        )
+        self._write(row)
+        if self.bar.disable:
+            self.log(log_line(row, self.total))
+        self.tokens, self.t_window = 0, time.perf_counter()
+
+    def validation(self, step: int, val_loss: float) -> None:
+        if self.file is not None:
+            self._write(dict(step=step, val_loss=round(val_loss, 6)))
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t_start
+
+    def _write(self, row: dict) -> None:
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+        if self.file is not None:
+            self.file.close()
+
+
+@torch.no_grad()
+def sample_text(model, prompt: str, amp: AbstractContextManager, max_new_tokens: int = 48) -> str:
+    """A greedy completion of `prompt`: what the model writes now, printed at each validation."""
+    tok = get_tokenizer()
+    model.eval()
+    ids = tok.encode(prompt)[-(model.config.block_size - max_new_tokens) :]
+    with amp:
+        out = generate(model, [ids], max_new_tokens=max_new_tokens, eos=tok.eot)[0]
+    model.train()
+    return tok.decode([i for i in out if i != tok.eot])
+
+
+def write_summary(out: Path, model, cfg: TrainConfig, train_time: float) -> dict:
+    """summary.json (the numbers a comparison of runs needs) and plots/, from metrics.jsonl."""
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
+    train_rows = [r for r in rows if "loss" in r]
+    vals = [r["val_loss"] for r in rows if "val_loss" in r]
+    speeds = [r["tokens_per_sec"] for r in train_rows[1:] or train_rows]  # the first step warms up
+    summary = dict(
+        trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        total_params=sum(p.numel() for p in model.parameters()),
+        peak_mem_bytes=max((r["mem_bytes"] for r in train_rows), default=0),
+        train_time_s=round(train_rows[-1]["elapsed_s"] if train_rows else train_time, 2),
+        tokens_per_sec=round(float(np.median(speeds)), 1),
+        final_loss=train_rows[-1]["loss"] if train_rows else None,
+        final_val_loss=vals[-1] if vals else None,
+        steps=train_rows[-1]["step"] if train_rows else 0,
+        lora_rank=cfg.lora_rank,
+        init=cfg.init,
+        model=cfg.model,
+    )
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    plot_run(out, rows)
+    return summary
+
+
+def plot_run(out: Path, rows: list[dict]) -> None:
+    """plots/loss.png (train and validation loss) and plots/throughput.png (tokens/s per logged step)."""
+    # matplotlib takes a while to import and is needed only here, at the end of a run; Agg draws to files
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    (out / "plots").mkdir(exist_ok=True)
+    train_rows = [r for r in rows if "loss" in r]
+    val_rows = [r for r in rows if "val_loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([r["step"] for r in train_rows], [r["loss"] for r in train_rows], label="train")
+    if val_rows:
+        ax.plot([r["step"] for r in val_rows], [r["val_loss"] for r in val_rows], "o-", label="validation")
+    ax.set(xlabel="optimizer step", ylabel="loss (nats/token)", title=out.name)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "plots" / "loss.png", dpi=120)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([r["step"] for r in train_rows], [r["tokens_per_sec"] for r in train_rows])
+    ax.set(xlabel="optimizer step", ylabel="tokens / s", title=f"{out.name}: throughput")
+    fig.tight_layout()
+    fig.savefig(out / "plots" / "throughput.png", dpi=120)
+    plt.close(fig)
