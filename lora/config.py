@@ -73,7 +73,7 @@ def parse_targets(spec: str | list[str] | tuple[str, ...]) -> list[str]:
 
 @dataclass
 class LoRAOptions:
-    """The LoRA flags of train.py and python -m profiler.memory; rank 0 means full fine-tuning."""
+    """LoRA (--lora-rank 0: full fine-tuning, every weight trains)."""
 
     lora_rank: int = opt(8, "LoRA rank r; 0 trains every weight (full fine-tune)")
     lora_alpha: float = opt(
