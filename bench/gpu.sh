@@ -26,11 +26,11 @@
 # "step  rc  seconds" line per step. The tables go to docs/benchmarks.md under the GPU's name (the log's
 # last line of each table says which GPU, torch and date).
 set -u
-out=${OUT:-bench-out}
+dest=${OUT:-bench-out}
 py=${PYTHON:-python3}
 cache=${CACHE_DIR:-.cache/data}  # the token cache train.py uses by default
-mkdir -p "$out"
-log="$out/gpu.log"
+mkdir -p "$dest"
+log="$dest/gpu.log"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 
 if [ "${1:-}" = --smoke ]; then
@@ -93,10 +93,10 @@ run_dir=${TMPDIR:-/tmp}/gpu-sh-run  # outside the output folder: only summary.js
 train_py=(train.py --device "$dev" --init random --lora-rank 8 --data pysrc --cache-dir "$cache" --eval-every 0
     --save-every 0 --out-dir "$run_dir" --overwrite "${run_args[@]}")
 step train-py-pack 40 "$py" "${train_py[@]}" --pack "${graph[@]}"
-step memory 60 "$py" -m profiler.memory --device "$dev" --compare "${mem_args[@]}" --out-dir "$out/memory"
+step memory 60 "$py" -m profiler.memory --device "$dev" --compare "${mem_args[@]}" --out-dir "$dest/memory"
 rm -rf "$run_dir"  # so that only this run's files are copied
 step train-py 40 "$py" "${train_py[@]}" --profile-memory
-[ -d "$run_dir" ] && cp "$run_dir/summary.json" "$run_dir/memory.json" "$out/" 2>>"$log"
+[ -d "$run_dir" ] && cp "$run_dir/summary.json" "$run_dir/memory.json" "$dest/" 2>>"$log"
 step shapes 30 "$py" -m bench.shapes --device "$dev" --cache-dir "$cache" "${shapes_args[@]}"
 step shapes-cudnn 30 "$py" -m bench.shapes --device "$dev" --cache-dir "$cache" --cudnn-attention "${shapes_args[@]}"
 if [ "$dev" = cuda ]; then  # compiling takes minutes on a small CPU: GPU only
