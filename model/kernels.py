@@ -83,6 +83,7 @@ def gpu_attention_without_cudnn() -> None:
     """Let scaled_dot_product_attention pick flash, memory-efficient or math kernels on a GPU, never cuDNN's.
 
     torch tries cuDNN first on Hopper, and cuDNN builds a plan for every new shape: length-bucketed and
-    packed batches change shape at almost every step, and each new shape cost ~10x a step on an H100. This
-    is torch's process-wide switch, so it also holds for the recompute of a checkpointed block in backward."""
+    packed batches change shape at almost every step, so each step would pay for a new plan
+    (docs/benchmarks.md, "Attention kernels on a GPU"). This is torch's process-wide switch, so it also
+    holds for the recompute of a checkpointed block in backward."""
     torch.backends.cuda.enable_cudnn_sdp(False)
