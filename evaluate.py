@@ -16,17 +16,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from cli import DeviceOptions, SamplingOptions, UsageError, opt, parse_config, run_main
+from data.prepare import DataConfig, prepare, prompt_and_target
+from data.tokenizer import get_tokenizer
 from evaluation.metrics import corpus_bleu, pass_at_k, rouge_l, sentence_bleu, summarize, syntax_ok
 from evaluation.report import compare, flatten, header, plot_curves, write_csv, write_report
+from generate import STOP_SEQUENCES
+from generate import complete as generate_completions
 from runs import RunModelOptions, checkpoints, load_model_for_inference, read_config
+from sandbox import Sandbox
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -151,13 +158,7 @@ def evaluate_model(net, tasks: list[Task], cfg: EvalConfig, out: Path, sandbox, 
     """Generate, execute and score every task not already in out/samples.jsonl; returns all rows of `tasks`.
     Work goes in batches of prompts, appended to samples.jsonl as each is scored, so an interrupted
     evaluation resumes where it stopped."""
-    from tqdm import tqdm
-
-    from data.tokenizer import get_tokenizer
-    from generate import STOP_SEQUENCES
-
-    if complete is None:
-        from generate import complete
+    complete = complete or generate_completions
     out.mkdir(parents=True, exist_ok=True)
     settings = {k: getattr(cfg, k) for k in RESULT_KEYS}
     sfile = out / "settings.json"
@@ -215,8 +216,6 @@ def evaluate_model(net, tasks: list[Task], cfg: EvalConfig, out: Path, sandbox, 
 
 # ------------------------------------------------------------------------------------------------ self-check
 def make_sandbox(cfg: EvalConfig):
-    from sandbox import Sandbox
-
     return Sandbox(
         timeout=cfg.timeout,
         memory_mb=cfg.memory_mb,
@@ -227,8 +226,6 @@ def make_sandbox(cfg: EvalConfig):
 
 def self_check(cfg: EvalConfig) -> bool:
     """The harness against answers known in advance, through the same score()/summarize() path as a model."""
-    import math
-
     results = []
 
     def check(name: str, ok: bool, detail: str) -> None:
@@ -295,8 +292,6 @@ def self_check(cfg: EvalConfig) -> bool:
 def split_tasks(cfg: EvalConfig, run_cfg: dict) -> list[Task]:
     """The first --limit examples of the held-out split, rebuilt by data.prepare with the run's data settings
     (the split, filters and prompt format the run was trained and validated with)."""
-    from data.prepare import DataConfig, prepare, prompt_and_target
-
     names = {f.name for f in dataclasses.fields(DataConfig)}
     values = {k: v for k, v in run_cfg.items() if k in names}
     values.update({k: getattr(cfg, k) for k in ("data", "data_files", "prompt_format") if getattr(cfg, k)})

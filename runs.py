@@ -22,6 +22,11 @@ from pathlib import Path
 import torch
 
 from cli import ModelOptions, UsageError, opt
+from lora.lora import merge_and_unload
+from lora.peft_io import load_adapter
+from model.gpt2 import GPT, config_for
+from model.hf import load_pretrained
+from model.kernels import use_fast_kernels
 
 CKPT_RE = re.compile(r"^step-(\d+)$")
 COMPLETE_MARK = "COMPLETE"  # written last inside a checkpoint folder; its absence means the write was cut
@@ -83,12 +88,6 @@ def load_model_for_inference(opts: RunModelOptions, device: torch.device, dtype:
     name); opts.weights: an HF GPT-2 folder/file/hub id; opts.adapter: a PEFT adapter folder applied on top
     (merged); opts.init "random": the opts.model preset with random weights (info["random_init"] is True).
     """
-    from lora.lora import merge_and_unload
-    from lora.peft_io import load_adapter
-    from model.gpt2 import GPT, config_for
-    from model.hf import load_pretrained
-    from model.kernels import use_fast_kernels
-
     info = {"random_init": False, "prompt_format": None, "source": None, "lora_rank": 0}
     run, checkpoint, adapter = opts.run, opts.checkpoint, opts.adapter
     if run is not None:

@@ -441,6 +441,12 @@ def main(argv=None) -> int:
     if not args.corpus and args.seq_len > (context := config_for(args.model).block_size):  # --corpus: L = 512
         print(f"error: --seq-len {args.seq_len} exceeds the {args.model} context of {context} tokens")
         return 2
+    unknown = [n for n in (args.configs or "").split(",") if n and n not in CONFIGS]
+    if unknown:
+        print(
+            f"error: --configs {','.join(unknown)} is not a configuration; choose from {', '.join(CONFIGS)}"
+        )
+        return 2
     table = bench_models(args, device) if not args.corpus else bench_corpus(args, device)
     print()
     print(table)

@@ -156,6 +156,7 @@ def test_shapes_bench_times_first_and_second_pass_and_restores_the_attention_cho
         ("bench.train", ["--model", "gpt3"]),
         ("bench.train", ["--batch-size", "0"]),
         ("bench.train", ["--model", "tiny", "--seq-len", "500"]),  # (--corpus ignores --seq-len: gpu.sh)
+        ("bench.train", ["--configs", "full"]),  # the names carry the dtype: full-bf16, full-fp32
         ("bench.shapes", ["--examples", "0"]),
         ("bench.shapes", ["--model", "nope"]),
         ("bench.generate", ["--n", "0"]),
