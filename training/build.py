@@ -51,7 +51,9 @@ def build_model(cfg: TrainConfig, device: torch.device, dtype: torch.dtype, log:
                     if not p.requires_grad:
                         p.data = p.data.to(torch.bfloat16)
     model.grad_checkpoint = cfg.grad_checkpoint
-    return model
+    return (
+        model.train()
+    )  # load_pretrained hands back an eval-mode model: dropout and checkpointing would be off
 
 
 def meta_model(cfg: TrainConfig, dtype: torch.dtype) -> GPT:
