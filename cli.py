@@ -222,6 +222,15 @@ def parse_config(cls, argv: list[str] | None = None, description: str = "", prog
     return cls(**values)
 
 
+def given_flags(cls, argv: list[str] | None = None) -> set[str]:
+    """The fields of `cls` whose flags appear in argv (not left at their defaults), for a resumed run to
+    tell a flag the user typed from one it never mentioned."""
+    parser = build_parser(cls)
+    unset = object()
+    parser.set_defaults(**{f.name: unset for f in dataclasses.fields(cls)})
+    return {k for k, v in vars(parser.parse_args(argv)).items() if v is not unset}
+
+
 def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
     """Run an entry point: UsageError -> `error: ...` on stderr and exit 2; Ctrl-C -> exit 130."""
     try:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from cli import UsageError, parse_config, resolve_device, run_main
+from cli import UsageError, given_flags, parse_config, resolve_device, run_main
 from data.loader import Batches
 from data.prepare import DataConfig, format_prompt, prepare
 from profiler.memory import estimate, format_estimate, profile_training_memory
@@ -55,8 +55,10 @@ class Recipe:
     """One run: setup (run folder, data, model, optimizer, step), train (the loop), finish (the last
     checkpoint, final weights, summary). The run's state lives on self."""
 
-    def __init__(self, cfg: TrainConfig, device: torch.device, rank: int, world: int, ddp: bool):
+    def __init__(self, cfg: TrainConfig, device: torch.device, rank: int, world: int, ddp: bool,
+                 given: set[str] = frozenset()):  # fmt: skip
         self.cfg, self.device, self.rank, self.world, self.ddp = cfg, device, rank, world, ddp
+        self.given = given  # the flags typed on the command line (a resume keeps the run's own otherwise)
         self.master = rank == 0  # rank 0 writes the run folder and logs
         self.log = print if self.master else (lambda *a, **k: None)
         self.step, self.stop = 0, False
@@ -84,8 +86,8 @@ class Recipe:
         cfg = self.cfg
         self.out, self.wipe = check_out_dir(cfg)
         self.resume_from = find_resume(cfg, self.out) if cfg.resume else None
-        if self.resume_from is not None:  # the run's own config wins over the flags (but RESUME_FLAGS)
-            self.cfg = cfg = resumed_config(cfg, self.out)
+        if self.resume_from is not None:  # the run's own settings, but for the schedule flags given
+            self.cfg = cfg = resumed_config(cfg, self.out, self.given, self.log)
         self.lora = cfg.lora()  # LoRAConfig, or None: full fine-tuning (what build_model injects, too)
         cfg.lr = cfg.lr or default_lr(self.lora)
         self.dtype = train_dtype(cfg, self.device)
@@ -253,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
-        recipe = Recipe(cfg, device, rank, world, ddp)
+        recipe = Recipe(cfg, device, rank, world, ddp, given_flags(TrainConfig, argv))
         recipe.setup()
         if recipe.cfg.dry_run:
             return recipe.dry_run()

@@ -120,45 +120,76 @@ def test_smoke_run_leaves_the_whole_run_folder(tmp_path, corpus, rank):
     assert summary["steps"] == 30 and summary["trainable_params"] > 0
 
 
-def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tmp_path, corpus):
-    common = [
-        *TINY,
-        "--lora-rank",
-        "4",
-        "--max-steps",
-        "20",
-        "--save-every",
-        "4",
-        "--data",
-        f"jsonl:{corpus}",
-        "--lora-dropout",
-        "0.1",
-    ]  # dropout: the RNG state must be restored too
+def schedule(run: Path) -> list[tuple[int, float, float]]:
+    """(step, loss, lr) of every logged step."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"], r["lr"]) for r in rows if "loss" in r]
+
+
+@pytest.mark.parametrize(
+    "stop, plan",
+    [
+        (signal.SIGKILL, ["--max-steps", "20", "--save-every", "4"]),
+        (signal.SIGINT, ["--epochs", "2", "--save-every", "3", "--max-len", "80"]),
+    ],
+    ids=["sigkill-max-steps", "ctrl-c-epochs"],
+)
+def test_the_printed_resume_command_reproduces_the_uninterrupted_run(tmp_path, corpus, stop, plan):
+    """Stopped by SIGKILL (after a checkpoint) or Ctrl-C (which saves one and prints the command to go on),
+    then resumed with only `--resume auto --out-dir DIR`: the schedule flags not repeated come from the
+    run, so the losses, the learning rates and the final weights equal those of the uninterrupted run."""
+    common = [*TINY, "--lora-rank", "4", "--data", f"jsonl:{corpus}", "--lora-dropout", "0.1", *plan]
+    # (dropout: the RNG state must be restored too)
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     run_train([*common, "--out-dir", str(whole)], cwd=tmp_path)
+    total = schedule(whole)[-1][0]
+    assert total > 8
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), *common, "--out-dir", str(cut)],
         cwd=tmp_path,
         env=env,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
+        text=True,
     )
     deadline = time.time() + 240
-    while time.time() < deadline and not (cut / "checkpoints" / "step-12" / runs.COMPLETE_MARK).exists():
-        assert proc.poll() is None, "the run ended before it could be killed"
+    while time.time() < deadline and not runs.latest_checkpoint(cut):
+        assert proc.poll() is None, "the run ended before it could be stopped"
         time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = runs.latest_checkpoint(cut)
-    assert killed_at is not None and int(killed_at.name.split("-")[1]) < 20
-    run_train([*common, "--out-dir", str(cut), "--resume", "auto"], cwd=tmp_path)
+    proc.send_signal(stop)
+    out, _ = proc.communicate(timeout=240)
+    stopped_at = runs.latest_checkpoint(cut)
+    assert stopped_at is not None and int(stopped_at.name.split("-")[1]) < total
+    if stop == signal.SIGINT:  # exit 130 and the exact command to continue
+        assert proc.returncode == 130
+        (line,) = [ln for ln in out.splitlines() if "continue with" in ln]
+        resume = line.split("continue with ", 1)[1].split()
+        assert resume == ["--resume", "auto", "--out-dir", str(cut)]
+    else:
+        resume = ["--resume", "auto", "--out-dir", str(cut)]
+    run_train(resume, cwd=tmp_path)
 
-    assert losses(cut) == losses(whole)
-    a = torch.load(whole / "checkpoints" / "step-20" / "state.pt", weights_only=False)["trainable"]
-    b = torch.load(cut / "checkpoints" / "step-20" / "state.pt", weights_only=False)["trainable"]
+    assert schedule(cut) == schedule(whole)
+    a = torch.load(whole / "checkpoints" / f"step-{total}" / "state.pt", weights_only=False)["trainable"]
+    b = torch.load(cut / "checkpoints" / f"step-{total}" / "state.pt", weights_only=False)["trainable"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_schedule_flag_given_on_resume_extends_the_run_and_says_so(tmp_path, corpus):
+    """--max-steps given again, larger, on resume is honoured with one line; a setting that is not the
+    schedule's (--lr) is ignored with one line, and the run keeps its own."""
+    run = tmp_path / "run"
+    common = [*TINY, "--lora-rank", "4", "--data", f"jsonl:{corpus}", "--out-dir", str(run)]
+    run_train([*common, "--max-steps", "4", "--save-every", "2"], cwd=tmp_path)
+    cp = run_train(
+        ["--resume", "auto", "--out-dir", str(run), "--max-steps", "6", "--lr", "0.5"], cwd=tmp_path
+    )
+    assert "resume: --max-steps 6 instead of the run's 4; warmup and cosine are laid out again" in cp.stdout
+    assert "resume: --lr 0.5 ignored; the run continues with its own 0.0002" in cp.stdout
+    assert [s for s, _, _ in schedule(run)] == [1, 2, 3, 4, 5, 6]
+    assert json.loads((run / "config.json").read_text())["lr"] == 2e-4
 
 
 @pytest.mark.parametrize(

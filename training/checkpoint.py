@@ -24,9 +24,12 @@ from lora.peft_io import export_merged, save_adapter
 from model.hf import HUB_IDS, load_pretrained, save_pretrained
 from training.config import TrainConfig, default_out_dir
 
-# Flags a resumed run takes from the command line; every other setting comes from the run's config.json.
-RESUME_FLAGS = ("resume", "max_steps", "epochs", "log_every", "eval_every", "save_every", "device",
-                "cuda_graph", "dry_run")  # fmt: skip
+# A resumed run keeps the settings in its config.json. These come from the command line instead: where and
+# how this process runs. Of the rest, only the schedule's flags may be changed on resume, by giving them.
+RUNTIME_FLAGS = ("resume", "out_dir", "device", "cuda_graph", "dry_run", "print_config", "overwrite",
+                 "config")  # fmt: skip
+SCHEDULE_FLAGS = ("max_steps", "epochs", "save_every", "eval_every", "eval_batches", "log_every",
+                  "keep_checkpoints")  # fmt: skip
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -70,10 +73,27 @@ def find_resume(cfg: TrainConfig, out: Path) -> Path:
     return ckpt
 
 
-def resumed_config(cfg: TrainConfig, out: Path) -> TrainConfig:
-    """The run's own config, except how long to run, how often to log and save, and where (RESUME_FLAGS)."""
+def resumed_config(cfg: TrainConfig, out: Path, given: set[str], log=print) -> TrainConfig:
+    """The run's own config.json, so that a resume continues the same schedule. Flags given on the command
+    line that differ from it: a schedule flag (SCHEDULE_FLAGS, e.g. a longer --max-steps) is honoured, with
+    one line saying so; any other is ignored, with one line saying so. RUNTIME_FLAGS come from the command
+    line."""
     saved = runs.read_config(out)
-    kept = {k: v for k, v in saved.items() if k not in RESUME_FLAGS and hasattr(cfg, k)}
+    kept = {}
+    for k, was in saved.items():
+        if not hasattr(cfg, k) or k in RUNTIME_FLAGS:
+            continue
+        now, flag = getattr(cfg, k), "--" + k.replace("_", "-")
+        if k not in given or now == was:
+            kept[k] = was
+        elif k in SCHEDULE_FLAGS:
+            relaid = k in ("max_steps", "epochs")
+            note = "; warmup and cosine are laid out again over the new length" if relaid else ""
+            log(f"resume: {flag} {now} instead of the run's {was}{note}")
+        else:
+            kept[k] = was
+            log(f"resume: {flag} {now} ignored; the run continues with its own {was} (start a new run to "
+                "change it)")  # fmt: skip
     return dataclasses.replace(cfg, **kept)
 
 
