@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import inspect
 import json
 import sys
@@ -64,9 +65,7 @@ def build_parser(cls, description: str = "", prog: str | None = None) -> argpars
     Fields that a config inherits from an option group with a docstring (ModelOptions, ...) are listed
     under that docstring's first line, one section per group in the order of the config's bases, after the
     config's own fields. Sections change what --help shows, never what is parsed."""
-    parser = argparse.ArgumentParser(
-        prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = _Parser(prog=prog, description=description, formatter_class=_DefaultOnce)
     fields = dataclasses.fields(cls)
     owner = {f.name: next(c for c in cls.__mro__ if f.name in inspect.get_annotations(c)) for f in fields}
     grouped = [c for c in cls.__mro__[1:] if c in owner.values() and _title(c)]
@@ -89,6 +88,29 @@ def build_parser(cls, description: str = "", prog: str | None = None) -> argpars
             kw["const"] = f.metadata.get("const")
         where.add_argument(flag, type=tp, default=default, **kw)
     return parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a suggestion for a mistyped flag: "did you mean --lora-rank?"."""
+
+    def error(self, message: str):
+        if message.startswith("unrecognized arguments:"):
+            known = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+            typed = [w.split("=")[0] for w in message.split(":", 1)[1].split() if w.startswith("-")]
+            close = [m for w in typed for m in difflib.get_close_matches(w, known, n=1, cutoff=0.6)]
+            if close:
+                message += f" (did you mean {' or '.join(close)}?)"
+        super().error(message)
+
+
+class _DefaultOnce(argparse.ArgumentDefaultsHelpFormatter):
+    """Each flag's default printed once: not where the help text already says its default, nor for None."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default is None or action.default is argparse.SUPPRESS:
+            return text
+        return super()._get_help_string(action)
 
 
 def _title(cls) -> str | None:

@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass
 
+import pytest
+
 from cli import build_parser, opt, parse_config
 
 
@@ -35,3 +37,29 @@ def test_sections_change_the_help_not_what_is_parsed():
     assert parse_config(Config, []) == Config()
     argv = ["--width", "8", "--depth", "3", "--name", "y"]
     assert parse_config(Config, argv) == Config(width=8, depth=3, name="y")
+
+
+def test_a_mistyped_flag_gets_a_suggestion_and_exit_code_2(capsys):
+    from training.config import TrainConfig
+
+    with pytest.raises(SystemExit) as e:
+        parse_config(TrainConfig, ["--lora-rnk", "8"])
+    assert e.value.code == 2
+    assert "unrecognized arguments: --lora-rnk 8 (did you mean --lora-rank?)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_config(TrainConfig, ["--zzzzzz"])
+    assert "did you mean" not in capsys.readouterr().err  # nothing close: no guess
+
+
+def test_help_prints_each_default_once():
+    from training.config import TrainConfig
+
+    parser = build_parser(TrainConfig)
+    text = " ".join(parser.format_help().split())
+    helps = [
+        parser.formatter_class("x")._get_help_string(a).replace("%(default)s", "D") for a in parser._actions
+    ]
+    assert all(h.count("(default") <= 1 for h in helps), [h for h in helps if h.count("(default") > 1]
+    assert "(default: None)" not in text
+    assert "examples per micro-batch per process (default: 8)" in text
+    assert "peak learning rate (default 2e-4 with LoRA, 5e-5 full) --" in text  # its own words, once
