@@ -355,6 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.self_check:
         return 0 if self_check(cfg) else 1
     if cfg.compare:
+        if len(cfg.compare) < 2:
+            raise UsageError(
+                f"--compare needs two or more run folders side by side; got only {cfg.compare[0]}"
+            )
         compare(cfg.compare, Path(cfg.out_dir or "runs/compare"), cfg.tag)
         return 0
     validate(cfg)

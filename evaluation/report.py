@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,11 @@ def _plt():
     return plt
 
 
+def fmt_rho(rho: float) -> str:
+    """A rank correlation for people: NaN (one side has a single value, nothing to rank) said in words."""
+    return "undefined (all values equal)" if math.isnan(rho) else f"{rho:.3f}"
+
+
 def plot_bleu_vs_exec(rows: list[dict], path: Path) -> None:
     """Per-sample BLEU against execution success (jittered 0/1), one panel per set, rho in the title."""
     plt = _plt()
@@ -65,7 +71,7 @@ def plot_bleu_vs_exec(rows: list[dict], path: Path) -> None:
         ax.set(
             xlabel="sentence BLEU (code tokens)", ylabel=ok, yticks=[0, 1], ylim=(-0.3, 1.3), xlim=(-2, 102)
         )
-        ax.set_title(f"{kind}: Spearman rho = {spearman(x, y):.3f} (n={len(rs)})")
+        ax.set_title(f"{kind}: Spearman rho = {fmt_rho(spearman(x, y))} (n={len(rs)})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -95,9 +101,9 @@ def write_report(out: Path, rows: list[dict], info: dict, settings: dict) -> dic
         )
         lines.append(f"{kind} sandbox statuses: {m['statuses']}")
         ok = "exec_clean" if kind == "split" else "passed"
-        rho = m[f"spearman_bleu_{ok}"]
+        rho = fmt_rho(m[f"spearman_bleu_{ok}"])
         lines.append(
-            f"{kind}: do BLEU and execution agree? Spearman rho(BLEU, {ok}) = {rho:.3f} over {m['samples']}"
+            f"{kind}: do BLEU and execution agree? Spearman rho(BLEU, {ok}) = {rho} over {m['samples']}"
         )
     if timing.get("samples"):
         lines.append(

@@ -175,6 +175,10 @@ TINY = ["--init", "random", "--model", "tiny"]
         ([*TINY, "--all-checkpoints"], "needs --run"),
         ([*TINY, "--checkpoint", "step-2"], "--checkpoint needs --run"),
         (["--run", "nowhere"], "--run nowhere does not exist"),
+        (
+            ["--compare", "runs/full"],
+            "--compare needs two or more run folders side by side; got only runs/full",
+        ),
     ],
 )
 def test_bad_input_gets_one_clear_sentence(argv, message):

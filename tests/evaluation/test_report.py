@@ -45,3 +45,12 @@ def test_compare_tabulates_cost_and_quality_per_run(tmp_path):
     )
     assert row + " — |" in md  # no pass@10 with one sample: a dash, not a zero
     assert (tmp_path / "cmp" / "compare.csv").is_file() and (tmp_path / "cmp" / "compare.png").is_file()
+
+
+def test_an_undefined_rank_correlation_is_said_in_words():
+    """Spearman's rho is NaN where one side has a single value (every sample failed, say): the report says
+    "undefined", never "nan"."""
+    from evaluation.report import fmt_rho
+
+    assert fmt_rho(float("nan")) == "undefined (all values equal)"
+    assert fmt_rho(0.12345) == "0.123"
