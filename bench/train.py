@@ -233,6 +233,11 @@ def random_batch(B: int, T: int, seed: int = 0) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- benchmarks
+def fmt_mfu(mfu: float) -> str:
+    """A share of the peak; above 100% the peak was measured too low, and the reading is no result."""
+    return f"{100 * mfu:.0f}%" if mfu <= 1 else ">100% (peak read too low)"
+
+
 def bench_models(args, device: torch.device) -> str:
     dtypes = [auto_dtype(device)] if args.dtypes == "auto" else args.dtypes.split(",")
     names = [n for n in (args.configs or ",".join(CONFIGS)).split(",") if n[-4:] in dtypes]
@@ -270,7 +275,7 @@ def bench_models(args, device: torch.device) -> str:
         tps = {k: tokens / C.median(v) for k, v in times.items()}
         hf_targets = "" if not targets else f" / PEFT {'+'.join(PEFT_TARGETS[targets])}"
         what = f"LoRA r=8 {targets}{hf_targets}" if targets else "full fine-tuning"
-        mfu = " / ".join(f"{100 * tps[k] * fpt / peaks[dtype]:.0f}%" for k in contenders)
+        mfu = " / ".join(fmt_mfu(tps[k] * fpt / peaks[dtype]) for k in contenders)
         row = [what, dtype, f"{tps['ours']:,.0f}", f"{tps['HF']:,.0f}", f"**{tps['ours'] / tps['HF']:.2f}x**",
                C.mib(mem["ours"]), C.mib(mem["HF"]), f"{mem['ours'] / mem['HF']:.2f}", mfu]  # fmt: skip
         if args.cuda_graph:

@@ -24,9 +24,10 @@ from training.hardware import memory_bytes
 
 def log_line(row: dict, total: int) -> str:
     """step | loss | lr | norm | tok/s | mfu | mem: the plain line printed when stderr is not a terminal."""
+    mfu = "n/a" if row["mfu"] is None else f"{100 * row['mfu']:.2f}%"
     return (
         f"step {row['step']:5d}/{total} | loss {row['loss']:.4f} | lr {row['lr']:.2e} | "
-        f"norm {row['grad_norm']:.3f} | {row['tokens_per_sec']:,.0f} tok/s | mfu {100 * row['mfu']:.2f}% | "
+        f"norm {row['grad_norm']:.3f} | {row['tokens_per_sec']:,.0f} tok/s | mfu {mfu} | "
         f"mem {row['mem_bytes'] / 2**20:,.0f} MiB"
     )
 
@@ -46,6 +47,7 @@ class Progress:
         self.bar = tqdm(total=total, initial=start, dynamic_ncols=True, disable=not tty)
         self.t_start = self.t_window = time.perf_counter()
         self.tokens = 0  # since the last logged step
+        self.bad_peak = False  # an MFU above 100% was seen: the peak is wrong
 
     def step(self, step: int, loss: float, lr: float, grad_norm: float, n_tokens: int) -> None:
         self.tokens += n_tokens
@@ -65,7 +67,7 @@ class Progress:
             grad_norm=round(grad_norm, 6),
             tokens=n_tokens,
             tokens_per_sec=round(tps, 1),
-            mfu=round(tps * self.flops_per_token / self.peak_flops, 6),
+            mfu=self._mfu(tps),
             mem_bytes=memory_bytes(self.device),
             elapsed_s=round(self.elapsed, 3),
         )
@@ -73,6 +75,19 @@ class Progress:
         if self.bar.disable:
             self.log(log_line(row, self.total))
         self.tokens, self.t_window = 0, time.perf_counter()
+
+    def _mfu(self, tokens_per_sec: float) -> float | None:
+        """Model FLOPs utilization, or None where it reads above 100%: then the peak it is read against is
+        wrong (too low), and the number would not be a measurement. Said once, with the fix."""
+        mfu = tokens_per_sec * self.flops_per_token / self.peak_flops
+        if mfu <= 1.0:
+            return round(mfu, 6)
+        if not self.bad_peak:
+            self.bad_peak = True
+            peak = self.peak_flops / 1e12
+            self.log(f"MFU would read {100 * mfu:.0f}%: the peak of {peak:.3g} TFLOP/s is too low for this "
+                     "machine; MFU is left out (pass --peak-tflops with the right peak)")  # fmt: skip
+        return None
 
     def validation(self, step: int, val_loss: float) -> None:
         if self.file is not None:
