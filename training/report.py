@@ -139,15 +139,17 @@ def write_summary(out: Path, model, cfg: TrainConfig, train_time: float) -> dict
         steps=train_rows[-1]["step"] if train_rows else 0,
         lora_rank=cfg.lora_rank,
         init=cfg.init,
-        model=cfg.model,
+        model=cfg.model if cfg.weights is None else cfg.weights,  # the preset, or the weights it came from
+        architecture=model.config.to_dict(),  # what was trained, whatever the preset says
     )
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
-    plot_run(out, rows)
+    plot_run(out, rows, random=cfg.init == "random")
     return summary
 
 
-def plot_run(out: Path, rows: list[dict]) -> None:
-    """plots/loss.png (train and validation loss) and plots/throughput.png (tokens/s per logged step)."""
+def plot_run(out: Path, rows: list[dict], random: bool = False) -> None:
+    """plots/loss.png (train and validation loss) and plots/throughput.png (tokens/s per logged step); the
+    titles of a run from random weights say so."""
     # matplotlib takes a while to import and is needed only here, at the end of a run; Agg draws to files
     import matplotlib
 
@@ -161,14 +163,15 @@ def plot_run(out: Path, rows: list[dict]) -> None:
     ax.plot([r["step"] for r in train_rows], [r["loss"] for r in train_rows], label="train")
     if val_rows:
         ax.plot([r["step"] for r in val_rows], [r["val_loss"] for r in val_rows], "o-", label="validation")
-    ax.set(xlabel="optimizer step", ylabel="loss (nats/token)", title=out.name)
+    name = f"{out.name} (RANDOM init)" if random else out.name
+    ax.set(xlabel="optimizer step", ylabel="loss (nats/token)", title=name)
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "plots" / "loss.png", dpi=120)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot([r["step"] for r in train_rows], [r["tokens_per_sec"] for r in train_rows])
-    ax.set(xlabel="optimizer step", ylabel="tokens / s", title=f"{out.name}: throughput")
+    ax.set(xlabel="optimizer step", ylabel="tokens / s", title=f"{name}: throughput")
     fig.tight_layout()
     fig.savefig(out / "plots" / "throughput.png", dpi=120)
     plt.close(fig)

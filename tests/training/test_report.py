@@ -33,3 +33,19 @@ def test_an_mfu_above_100_percent_is_left_out_and_said_once(tmp_path):
     said = [line for line in lines if "MFU would read" in line]
     assert len(said) == 1 and "--peak-tflops" in said[0]
     assert "mfu n/a |" in log_line(rows[0], 3)
+
+
+def test_summary_records_the_trained_architecture_and_where_the_weights_came_from(tmp_path):
+    """A run from --weights DIR names DIR, not the default preset, and records the architecture it trained."""
+    from model.gpt2 import GPT, config_for
+    from training.config import TrainConfig
+    from training.report import write_summary
+
+    rows = [dict(step=s, loss=2.0, tokens_per_sec=100.0, mem_bytes=2**20, elapsed_s=s) for s in (1, 2)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    model = GPT(config_for("tiny", n_layer=4))
+    cfg = TrainConfig(weights="checkpoints/four-layers", lora_rank=0)  # the preset stays the default gpt2
+    summary = write_summary(tmp_path, model, cfg, train_time=2.0)
+    assert summary["model"] == "checkpoints/four-layers" and summary["architecture"]["n_layer"] == 4
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    assert (tmp_path / "plots" / "loss.png").is_file()
