@@ -111,11 +111,9 @@ def write_report(out: Path, rows: list[dict], info: dict, settings: dict) -> dic
             f"({timing['new_tokens'] / max(timing['generate_s'], 1e-9):.1f} new tokens/s), "
             f"execute {timing['execute_s']:.1f} s"
         )
-    if report["random_init"]:
-        lines.append(f"!!! {RANDOM_BANNER}")
     text = "\n".join(lines)
     (out / "report.md").write_text("```\n" + text + "\n```\n")
-    print(text)
+    print("\n".join(lines[2:]))  # the header (and its random-model banner) was printed when the model loaded
     return report
 
 

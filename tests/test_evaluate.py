@@ -137,9 +137,11 @@ def test_a_prompt_that_fills_the_context_scores_as_an_empty_completion(tmp_path)
     assert [r["too_long"] for r in rows] == [True, False] and rows[0]["completion"] == ""
 
 
-def test_report_header_says_loudly_when_the_model_is_random(tmp_path):
+def test_report_header_says_loudly_when_the_model_is_random(tmp_path, capsys):
     rows = score([split_task()], [[REFS[0]]], FakeSandbox())
     report = write_report(tmp_path, rows, {"source": "random tiny", "random_init": True}, {})
+    assert (tmp_path / "report.md").read_text().count("RANDOMLY INITIALIZED") == 1  # one banner, on top
+    assert "RANDOMLY" not in capsys.readouterr().out  # evaluate.py printed it once, as the model loaded
     assert report["random_init"] and "RANDOMLY INITIALIZED" in report["header"]
     assert "RANDOMLY INITIALIZED" in (tmp_path / "report.md").read_text().splitlines()[2]
     assert {p.name for p in tmp_path.iterdir()} >= {
