@@ -32,7 +32,7 @@ from cli import UsageError, given_flags, parse_config, resolve_device, run_main
 from data.loader import Batches
 from data.prepare import DataConfig, format_prompt, prepare
 from profiler.memory import estimate, format_estimate, profile_training_memory
-from training.build import build_model, meta_model
+from training.build import build_model, meta_model, resolve_init
 from training.checkpoint import (
     atomic_write_text,
     check_out_dir,
@@ -88,6 +88,8 @@ class Recipe:
         self.resume_from = find_resume(cfg, self.out) if cfg.resume else None
         if self.resume_from is not None:  # the run's own settings, but for the schedule flags given
             self.cfg = cfg = resumed_config(cfg, self.out, self.given, self.log)
+        if not cfg.dry_run:  # before any data work: offline, the user hears it at once (a dry run loads none)
+            cfg.init = resolve_init(cfg, self.log)
         self.lora = cfg.lora()  # LoRAConfig, or None: full fine-tuning (what build_model injects, too)
         cfg.lr = cfg.lr or default_lr(self.lora)
         self.dtype = train_dtype(cfg, self.device)

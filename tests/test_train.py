@@ -341,3 +341,25 @@ def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0)
+
+
+def test_the_main_command_runs_offline_on_a_random_gpt2_and_says_so(tmp_path, corpus):
+    """`python train.py --lora-rank 8` with no network and no cached weights (--init auto, the default):
+    one loud notice before any data work, then the pipeline runs on a RANDOM GPT-2 and the run records it."""
+    run = tmp_path / "run"
+    env = {
+        **os.environ,
+        "HF_HOME": str(tmp_path / "empty-hf-home"),
+        "PYTHONPATH": str(ROOT),
+        "HF_HUB_OFFLINE": "1",
+    }
+    args = ["--lora-rank", "8", "--data", f"jsonl:{corpus}", "--max-len", "64", "--batch-size", "2",
+            "--max-steps", "1", "--eval-every", "0", "--dtype", "fp32", "--out-dir", str(run)]  # fmt: skip
+    cp = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, capture_output=True,
+                        text=True, timeout=900,
+                        env=env)  # fmt: skip
+    assert cp.returncode == 0, cp.stderr[-3000:]
+    notice = cp.stdout.index("this run trains a RANDOM gpt2")
+    assert notice < cp.stdout.index("plan:")  # said before the data and the model are built
+    assert json.loads((run / "config.json").read_text())["init"] == "random"
+    assert (run / "base" / "model.safetensors").is_file()  # the adapter's random base, kept

@@ -13,7 +13,7 @@ import torch
 from cli import UsageError
 from lora.lora import LoRALinear, inject_lora
 from model.gpt2 import GPT, config_for
-from model.hf import HUB_IDS, load_pretrained, save_pretrained
+from model.hf import HUB_IDS, CheckpointError, load_pretrained, resolve, save_pretrained
 from model.kernels import use_fast_kernels
 from training.config import TrainConfig
 
@@ -54,6 +54,28 @@ def build_model(cfg: TrainConfig, device: torch.device, dtype: torch.dtype, log:
     return (
         model.train()
     )  # load_pretrained hands back an eval-mode model: dropout and checkpointing would be off
+
+
+def resolve_init(cfg: TrainConfig, log: Callable = print) -> str:
+    """--init auto -> "pretrained" where the weights are a local folder, in the hub cache or can be fetched,
+    else "random", said loudly. Called before any data work, so an offline user learns it at once. An
+    explicit --weights that cannot be read stays an error: a fallback would change what the user asked."""
+    if cfg.init != "auto":
+        return cfg.init
+    if cfg.weights is None and cfg.model not in HUB_IDS:  # tiny: no published weights to look for
+        log(f"--init auto: {cfg.model} has no published weights; this run trains a RANDOM {cfg.model}")
+        return "random"
+    try:
+        resolve(cfg.weights or HUB_IDS[cfg.model])  # a local folder or file, the cache, or a download
+        return "pretrained"
+    except CheckpointError as e:
+        if cfg.weights is not None:
+            raise
+        log(f"!!! --init auto: {e}")
+        log(f"!!! So this run trains a RANDOM {cfg.model}: the pipeline runs end to end, but its losses and "
+            "scores mean nothing. For the real weights, connect to the hub or pass --weights FOLDER "
+            "(or --init pretrained to stop here instead). !!!")  # fmt: skip
+        return "random"
 
 
 def meta_model(cfg: TrainConfig, dtype: torch.dtype) -> GPT:

@@ -18,6 +18,12 @@ from model.hf import HUB_IDS
 class TrainConfig(ModelOptions, LoRAOptions, DataConfig, DeviceOptions):
     """train.py's options; --help lists these first, then each option group's under its own heading."""
 
+    init: str = opt(
+        "auto",
+        "pretrained, random, or auto: the pretrained weights when they are local or can be fetched, else a "
+        "RANDOM GPT-2 (said loudly: the pipeline runs, its numbers mean nothing)",
+        choices=["auto", "pretrained", "random"],
+    )
     # data loading
     pack: bool = opt(False, "pack several examples per row with a block-causal mask (no padding)")
     # optimization
@@ -80,7 +86,7 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.max_steps is None or cfg.max_steps >= 1, "--max-steps must be >= 1"),
         (cfg.epochs > 0, "--epochs must be positive"),
         (not (cfg.resume and cfg.overwrite), "--resume and --overwrite contradict each other; pass one"),
-        (cfg.init == "random" or cfg.weights or cfg.model in HUB_IDS,
+        (cfg.init in ("random", "auto") or cfg.weights or cfg.model in HUB_IDS,
          f"--model {cfg.model} has no published weights; pass --init random or --weights PATH"),
     ]  # fmt: skip
     for ok, msg in checks:

@@ -27,3 +27,22 @@ def test_the_model_trains_in_training_mode_from_step_one(hf_tiny_dir, monkeypatc
     idx = torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
     model(idx, targets=idx).backward()
     assert len(checkpointed) == model.config.n_layer  # every block recomputed in backward, from step 1
+
+
+def test_init_auto_takes_local_weights_and_falls_back_to_random_offline(hf_tiny_dir, monkeypatch, tmp_path):
+    """--init auto: a readable --weights folder is "pretrained"; a preset with no weights, or the hub out of
+    reach (HF_HUB_OFFLINE here), is "random" with a loud notice; an unreadable --weights stays an error."""
+    from cli import UsageError
+    from training.build import resolve_init
+
+    said: list[str] = []
+    assert resolve_init(TrainConfig(model="tiny", weights=str(hf_tiny_dir)), said.append) == "pretrained"
+    assert resolve_init(TrainConfig(model="tiny"), said.append) == "random" and "RANDOM tiny" in said[-1]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))  # nothing cached
+    said.clear()
+    assert resolve_init(TrainConfig(model="gpt2", max_len=64), said.append) == "random"
+    assert any("RANDOM gpt2" in line and "--weights FOLDER" in line for line in said)
+    with pytest.raises(UsageError, match="nowhere"):
+        resolve_init(TrainConfig(model="tiny", weights=str(tmp_path / "nowhere")), said.append)
+    assert resolve_init(TrainConfig(model="tiny", init="random"), said.append) == "random"
