@@ -101,6 +101,9 @@ class Recipe:
         data_cfg = DataConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(DataConfig)})
         datasets = prepare(data_cfg, splits=("train", "validation"), log=self.log)
         self.train_set, self.val_set = datasets["train"], datasets["validation"]
+        if len(self.val_set) == 0:  # the run goes on, but nothing would say why no val_loss appears
+            self.log("data: warning: the validation split is empty (a small source, or its examples dropped "
+                     "as too long for --max-len): no validation loss will be reported")  # fmt: skip
         per_rank = dict(rank=self.rank, world_size=self.world)
         self.batches = Batches(self.train_set, cfg.batch_size, cfg.max_len, pack=cfg.pack, shuffle=True,
                                seed=cfg.seed, drop_last=self.ddp, **per_rank)  # fmt: skip

@@ -284,7 +284,7 @@ def load_records(src: Source, cfg: DataConfig, log: Callable) -> tuple[list[dict
     if src.kind == "pysrc":
         return sources.load_pysrc(src.roots, cfg.cache_dir, log=log)
     if src.kind == "jsonl":
-        return sources.load_jsonl(src.files[0])
+        return sources.load_jsonl(src.files[0], log=log)
     rows = sources.load_codexglue(src.files or None, cfg.cache_dir, log=log)
     counts: Counter = Counter()
     records = []

@@ -383,13 +383,20 @@ def load_pysrc(roots: list[str], cache_dir: str, log: Callable = print) -> tuple
 
 
 # ---------------------------------------------------------------- the user's jsonl
-def load_jsonl(path: str) -> tuple[list[dict], Counter]:
-    """`{docstring, code}` per line (optional id, func_name, split); bad lines are counted, not fatal."""
+def load_jsonl(path: str, log: Callable = print, show: int = 5) -> tuple[list[dict], Counter]:
+    """`{docstring, code}` per line (optional id, func_name, split); bad lines are counted, not fatal, and
+    the first `show` of them are logged with their line numbers, so the file can be fixed."""
     if not os.path.isfile(path) or not os.access(path, os.R_OK):
         raise UsageError(
             f"--data jsonl:{path} is not a readable file; pass a file of {{docstring, code}} lines"
         )
     records, counts = [], Counter()
+
+    def skip(lineno: int, why: str) -> None:
+        counts[why] += 1
+        if sum(counts.values()) <= show:
+            log(f"data: {path} line {lineno}: {why.replace('_', ' ')}, skipped")
+
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             if not raw.strip():
@@ -397,16 +404,16 @@ def load_jsonl(path: str) -> tuple[list[dict], Counter]:
             try:
                 obj = json.loads(raw.decode("utf-8"))
             except UnicodeDecodeError:
-                counts["not_utf8"] += 1
+                skip(lineno, "not_utf8")
                 continue
             except ValueError:
-                counts["not_json"] += 1
+                skip(lineno, "not_json")
                 continue
             if not isinstance(obj, dict) or not isinstance(obj.get("code"), str) or not obj["code"].strip():
-                counts["no_code"] += 1
+                skip(lineno, "no_code")
                 continue
             if not isinstance(obj.get("docstring"), str) or not obj["docstring"].strip():
-                counts["no_docstring"] += 1
+                skip(lineno, "no_docstring")
                 continue
             rid = str(obj.get("id", f"{Path(path).name}:{lineno}"))
             split = obj.get("split") if obj.get("split") in SPLITS else hash_split(obj["code"])
@@ -422,6 +429,8 @@ def load_jsonl(path: str) -> tuple[list[dict], Counter]:
                     repo=str(obj.get("repo", "")), path=str(obj.get("path", path)), split=split, signature="",
                 )  # fmt: skip
             records.append(rec)
+    if sum(counts.values()) > show:
+        log(f"data: {path}: {sum(counts.values()) - show:,} more bad lines skipped (counts below)")
     if not records and not counts:
         counts["empty_file"] += 1
     return records, counts

@@ -363,3 +363,15 @@ def test_the_main_command_runs_offline_on_a_random_gpt2_and_says_so(tmp_path, co
     assert notice < cp.stdout.index("plan:")  # said before the data and the model are built
     assert json.loads((run / "config.json").read_text())["init"] == "random"
     assert (run / "base" / "model.safetensors").is_file()  # the adapter's random base, kept
+
+
+def test_an_empty_validation_split_is_a_warning_not_silence(tmp_path):
+    """A source whose examples all sit in the train split: the run goes on and says why it has no val_loss."""
+    path = tmp_path / "train-only.jsonl"
+    code = "def f_{i}(x):\n    return x + {i}\n"
+    path.write_text("".join(json.dumps({"docstring": f"Add {i}.", "code": code.format(i=i), "split": "train"})
+                            + "\n" for i in range(8)))  # fmt: skip
+    cp = run_train([*TINY, "--data", f"jsonl:{path}", "--max-steps", "1", "--out-dir", str(tmp_path / "run")],
+                   cwd=tmp_path)  # fmt: skip
+    assert "data: warning: the validation split is empty" in cp.stdout
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["final_val_loss"] is None

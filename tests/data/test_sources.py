@@ -210,3 +210,20 @@ def test_auto_uses_codexglue_from_the_hub_cache_when_offline(tmp_path, monkeypat
     files = write_codexglue(snap)
     src = resolve_source(DataConfig(data="auto", cache_dir=str(tmp_path / "c")), log=lambda *a: None)
     assert src.kind == "codexglue" and src.files == sorted(files)
+
+
+def test_bad_jsonl_lines_are_named_by_line_number(tmp_path):
+    """The first few bad lines of a jsonl file are logged with their line numbers, the rest counted."""
+    good = '{"docstring": "Add one.", "code": "def f(x):\\n    return x + 1\\n"}\n'
+    lines = [good, "{not json\n", good, '{"docstring": "no code"}\n'] + ["[1, 2]\n"] * 6
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(lines))
+    said: list[str] = []
+    records, counts = sources.load_jsonl(str(path), log=said.append, show=3)
+    assert len(records) == 2 and counts == {"not_json": 1, "no_code": 7}
+    assert said[:3] == [
+        f"data: {path} line 2: not json, skipped",
+        f"data: {path} line 4: no code, skipped",
+        f"data: {path} line 5: no code, skipped",
+    ]
+    assert said[3] == f"data: {path}: 5 more bad lines skipped (counts below)" and len(said) == 4
