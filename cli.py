@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 
 INITS = ("pretrained", "random")
 DTYPES = {
@@ -215,42 +216,67 @@ def cpu_has_bf16() -> bool:
 
 
 # ------------------------------------------------------------------------------------- parsing
+CONFIG_FORMATS = {".yaml": "YAML", ".yml": "YAML", ".toml": "TOML", ".json": "JSON"}
+
+
 def load_config_file(path: str) -> dict:
-    """Read a JSON or TOML config file (keys are field names, dashes or underscores)."""
+    """Read a YAML, TOML or JSON config file (by its suffix): one mapping of option names (dashes or
+    underscores) to values, as configs/*.yaml are written."""
     p = Path(path)
+    kind = CONFIG_FORMATS.get(p.suffix.lower())
+    if kind is None:
+        raise UsageError(f"--config {path}: unknown format; name it .yaml, .toml or .json")
     if not p.is_file():
-        raise UsageError(f"--config {path} does not exist; pass a JSON or TOML file")
+        raise UsageError(f"--config {path} does not exist; pass a {'/'.join(CONFIG_FORMATS)} file")
     try:
         text = p.read_text()
-        data = tomllib.loads(text) if p.suffix == ".toml" else json.loads(text)
-    except (ValueError, tomllib.TOMLDecodeError) as e:
-        raise UsageError(f"--config {path} is not valid {'TOML' if p.suffix == '.toml' else 'JSON'}: {e}")
-    return {k.replace("-", "_"): v for k, v in data.items()}
+        data = {"YAML": yaml.safe_load, "TOML": tomllib.loads, "JSON": json.loads}[kind](text)
+    except (ValueError, tomllib.TOMLDecodeError, yaml.YAMLError) as e:
+        raise UsageError(f"--config {path} is not valid {kind}: {' '.join(str(e).split())}")
+    if data is None:  # an empty YAML file: no settings
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(
+            f"--config {path} must hold one mapping of option: value, not a {type(data).__name__}"
+        )
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def _config_file_values(cls, path: str) -> dict:
+    """The settings of a --config file, every key an option of `cls` (else a usage error naming them)."""
+    from_file = load_config_file(path)
+    unknown = sorted(set(from_file) - {f.name for f in dataclasses.fields(cls)} - {"config"})
+    if unknown:
+        names = [f.name for f in dataclasses.fields(cls)]
+        hint = difflib.get_close_matches(unknown[0], names, n=1)
+        hint = f" (did you mean {hint[0]}?)" if hint else ""
+        raise UsageError(
+            f"--config {path} has unknown key{'s' * (len(unknown) > 1)}: {', '.join(unknown)}{hint}"
+        )
+    from_file.pop("config", None)  # a file does not name another file
+    return from_file
 
 
 def parse_config(cls, argv: list[str] | None = None, description: str = "", prog: str | None = None):
     """Parse argv into `cls`. A `config` field (a file path) sets defaults that explicit flags override."""
     parser = build_parser(cls, description, prog)
-    args = parser.parse_args(argv)
-    values = vars(args)
+    values = vars(parser.parse_args(argv))
     if values.get("config"):
-        names = {f.name for f in dataclasses.fields(cls)}
-        from_file = load_config_file(values["config"])
-        unknown = sorted(set(from_file) - names)
-        if unknown:
-            raise UsageError(f"--config {values['config']} has unknown keys: {', '.join(unknown)}")
-        parser.set_defaults(**from_file)
+        parser.set_defaults(**_config_file_values(cls, values["config"]))
         values = vars(parser.parse_args(argv))
     return cls(**values)
 
 
 def given_flags(cls, argv: list[str] | None = None) -> set[str]:
-    """The fields of `cls` whose flags appear in argv (not left at their defaults), for a resumed run to
-    tell a flag the user typed from one it never mentioned."""
+    """The fields of `cls` set on the command line or in its --config file (not left at their defaults),
+    for a resumed run to tell a setting the user gave from one never mentioned."""
     parser = build_parser(cls)
     unset = object()
     parser.set_defaults(**{f.name: unset for f in dataclasses.fields(cls)})
-    return {k for k, v in vars(parser.parse_args(argv)).items() if v is not unset}
+    given = {k for k, v in vars(parser.parse_args(argv)).items() if v is not unset}
+    if "config" in given:
+        given |= set(_config_file_values(cls, vars(parser.parse_args(argv))["config"]))
+    return given
 
 
 def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:

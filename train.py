@@ -30,7 +30,7 @@ import torch.distributed as dist
 
 from cli import UsageError, given_flags, parse_config, resolve_device, run_main
 from data.loader import Batches
-from data.prepare import DataConfig, format_prompt, prepare
+from data.prepare import DataConfig, format_prompt, prepare, why_small
 from profiler.memory import estimate, format_estimate, profile_training_memory
 from training.build import build_model, meta_model, resolve_init
 from training.checkpoint import (
@@ -45,10 +45,11 @@ from training.checkpoint import (
 )
 from training.config import TrainConfig, default_lr, train_dtype, validate
 from training.cuda_graph import CudaGraphStep, use_cuda_graph
+from training.early_stopping import EarlyStopping
 from training.hardware import flops_per_token, peak_tflops
 from training.optim import get_lr, make_optimizer, set_lr
-from training.report import Progress, sample_text, write_summary
-from training.step import Batch, TrainStep, validation_loss
+from training.report import Progress, config_block, format_duration, sample_text, write_summary
+from training.step import Batch, TrainStep, time_micro_batch, validation_loss
 
 
 class Recipe:
@@ -61,7 +62,9 @@ class Recipe:
         self.given = given  # the flags typed on the command line (a resume keeps the run's own otherwise)
         self.master = rank == 0  # rank 0 writes the run folder and logs
         self.log = print if self.master else (lambda *a, **k: None)
-        self.step, self.stop = 0, False
+        self.step, self.stop = 0, False  # stop: Ctrl-C
+        self.stopper: EarlyStopping | None = None  # --early-stopping-patience
+        self.stopped_early = False
 
     # ------------------------------------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -72,15 +75,16 @@ class Recipe:
         np.random.seed(cfg.seed)
         self._setup_data()
         self._setup_model()
+        if not cfg.dry_run:
+            self._setup_step()
         self.log(
             f"plan: {self.total} optimizer steps ({self.steps_per_epoch}/epoch), "
             f"{cfg.batch_size * cfg.grad_accum * self.world} examples/step (batch {cfg.batch_size} x accum "
             f"{cfg.grad_accum} x {self.world} proc), up to {cfg.max_len} tokens each; lr {cfg.lr:g} warmup "
             f"{self.warmup} cosine to {cfg.lr * cfg.min_lr_ratio:g}; {self.dtype} on {self.device}; "
             f"train {len(self.train_set):,} / val {len(self.val_set):,} examples -> {self.out}"
+            + ("" if cfg.dry_run else f"; {self._estimate_time()}")
         )
-        if not cfg.dry_run:
-            self._setup_step()
 
     def _setup_run_folder(self) -> None:
         cfg = self.cfg
@@ -94,25 +98,29 @@ class Recipe:
         cfg.lr = cfg.lr or default_lr(self.lora)
         self.dtype = train_dtype(cfg, self.device)
         self.graph = use_cuda_graph(cfg, self.device, self.dtype, self.ddp)
-        self.log(json.dumps(dataclasses.asdict(cfg)))
+        self.log(config_block(cfg))  # the full config is config.json
 
     def _setup_data(self) -> None:
         cfg = self.cfg
         data_cfg = DataConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(DataConfig)})
         datasets = prepare(data_cfg, splits=("train", "validation"), log=self.log)
         self.train_set, self.val_set = datasets["train"], datasets["validation"]
-        if len(self.val_set) == 0:  # the run goes on, but nothing would say why no val_loss appears
-            self.log("data: warning: the validation split is empty (a small source, or its examples dropped "
-                     "as too long for --max-len): no validation loss will be reported")  # fmt: skip
+        one_batch = cfg.batch_size * self.world
+        if len(self.val_set) < one_batch:  # the run goes on, but says why val_loss is missing or noisy
+            cause = why_small(self.val_set, data_cfg) or "the source has no more validation examples"
+            effect = "no validation loss will be reported" if not len(self.val_set) else "its loss is noisy"
+            self.log(f"data: warning: the validation split has {len(self.val_set)} examples, fewer than one "
+                     f"batch of {one_batch} ({cause}): {effect}")  # fmt: skip
         per_rank = dict(rank=self.rank, world_size=self.world)
         self.batches = Batches(self.train_set, cfg.batch_size, cfg.max_len, pack=cfg.pack, shuffle=True,
                                seed=cfg.seed, drop_last=self.ddp, **per_rank)  # fmt: skip
         self.val_batches = Batches(self.val_set, cfg.batch_size, cfg.max_len, pack=cfg.pack, shuffle=False,
                                    seed=0, **per_rank)  # fmt: skip
-        if len(self.batches) == 0:
+        if len(self.train_set) < one_batch or len(self.batches) == 0:
+            cause = f" ({why_small(self.train_set, data_cfg)})" if why_small(self.train_set, data_cfg) else ""
             raise UsageError(
-                f"the training set has {len(self.train_set)} examples, fewer than one batch of "
-                f"{cfg.batch_size} per process; lower --batch-size"
+                f"the training split has {len(self.train_set)} examples, fewer than one batch of "
+                f"{cfg.batch_size} per process{cause}; lower --batch-size or add data"
             )
         self.steps_per_epoch = max(1, len(self.batches) // cfg.grad_accum)
         self.total = cfg.max_steps or max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
@@ -148,6 +156,8 @@ class Recipe:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
             truncate_metrics(self.out / "metrics.jsonl", self.step)
+        if cfg.early_stopping_patience:  # a resumed run counts its evaluations so far again
+            self.stopper = EarlyStopping.replay(cfg.early_stopping_patience, self.out / "metrics.jsonl")
         model = torch.compile(raw) if cfg.compile else raw  # checkpoints save raw (no _orig_mod. keys)
         if self.ddp:
             ids = [device.index] if device.type == "cuda" else None
@@ -161,16 +171,31 @@ class Recipe:
                                             grad_clip=cfg.grad_clip)  # fmt: skip
             self.log(f"train step: one CUDA graph, captured after {self.train_step.warmup} eager steps")
 
+    def _estimate_time(self) -> str:
+        """The run's duration on this device, from one timed forward and backward of its first micro-batch
+        (eager: a compiled or graph-captured step is faster)."""
+        cfg = self.cfg
+        first = Batches(self.train_set, cfg.batch_size, cfg.max_len, pack=cfg.pack, shuffle=True,
+                        seed=cfg.seed, rank=self.rank, world_size=self.world)  # fmt: skip
+        seconds = time_micro_batch(self.raw_model, Batch.from_dict(next(iter(first))), self.amp, self.device)
+        steps = self.total - self.step
+        evals = (steps // cfg.eval_every if cfg.eval_every else 0) + 1 if len(self.val_set) else 0
+        batches = min(cfg.eval_batches, len(self.val_batches))
+        total = steps * cfg.grad_accum * seconds + evals * batches * seconds / 3  # a forward is ~1/3 of both
+        return f"about {format_duration(total)} on this device ({seconds:.2g} s per micro-batch, measured)"
+
     # ------------------------------------------------------------------------------------------- the loop
     def train(self) -> bool:
         """One optimizer step per iteration until the plan's last step; False when Ctrl-C stopped it early."""
         cfg, start, total, data = self.cfg, self.step, self.total, iter_forever(self.batches)
         fpt, metrics = flops_per_token(self.raw_model, cfg.max_len), self.out / "metrics.jsonl"
+        tb = cfg.report_to == "tensorboard"
         progress = Progress(total, start, every=cfg.log_every, steps_per_epoch=self.steps_per_epoch,
                             flops_per_token=fpt, peak_tflops=self.peak, device=self.device,
-                            metrics=metrics if self.master else None, log=self.log)  # fmt: skip
+                            metrics=metrics if self.master else None, log=self.log,
+                            tensorboard=self.out / "tensorboard" if self.master and tb else None)  # fmt: skip
         with progress, self._ctrl_c_stops():
-            while self.step < total and not self.stop:
+            while self.step < total and not self.stop and not self.stopped_early:
                 lr = get_lr(self.step, cfg.lr, self.warmup, total, cfg.min_lr_ratio)
                 set_lr(self.optimizer, lr)
                 micro = [Batch.from_dict(next(data)) for _ in range(cfg.grad_accum)]
@@ -213,6 +238,22 @@ class Recipe:
             prompt = format_prompt(first["docstring"], first.get("func_name"), self.cfg.prompt_format)
             sample = sample_text(self.raw_model, prompt, self.amp)
             self.log(f"step {self.step}: val loss {val:.4f}\n--- sample ---\n{prompt}{sample}\n---")
+        if self.stopper is not None:
+            self._early_stopping(val)
+
+    def _early_stopping(self, val: float) -> None:
+        """Count this evaluation; a new best is written to best/. Rank 0's losses decide for every rank."""
+        if self.stopper.update(self.step, val) and self.master:
+            save_final(self.out, self.raw_model, self.cfg, self.lora, name="best")
+            self.log(f"step {self.step}: best validation loss so far -> {self.out}/best")
+        stop = torch.tensor(float(self.stopper.should_stop), device=self.device)
+        if self.ddp:
+            dist.broadcast(stop, src=0)
+        if stop.item() and self.step < self.total:
+            self.stopped_early = True
+            s = self.stopper
+            self.log(f"early stop at step {self.step}: no new best validation loss in {s.patience} "
+                     f"evaluations (best {s.best:.4f} at step {s.best_step}, in best/)")  # fmt: skip
 
     def save(self) -> None:
         state = (self.raw_model, self.optimizer, self.scaler, self.batches)
@@ -229,7 +270,11 @@ class Recipe:
                      f"--out-dir {self.out}")  # fmt: skip
             return 130
         save_final(self.out, self.raw_model, self.cfg, self.lora)
-        summary = write_summary(self.out, self.raw_model, self.cfg, self.train_time)
+        best = {}  # with --early-stopping-patience: where best/ comes from, and whether the run stopped early
+        if self.stopper is not None:
+            best = dict(best_val_loss=self.stopper.best, best_step=self.stopper.best_step,
+                        stopped_early=self.stopped_early)  # fmt: skip
+        summary = write_summary(self.out, self.raw_model, self.cfg, self.train_time, **best)
         what = "full model" if self.lora is None else "adapter"
         self.log(f"done: {self.out}/final ({what}), summary {json.dumps(summary)}")
         return 0

@@ -137,6 +137,12 @@ class TokenDataset:
     def __len__(self) -> int:
         return len(self.lengths)
 
+    @property
+    def dropped(self) -> dict[str, int]:
+        """Examples of this split left out of the cache, by reason (too_long, ...): the cache's meta.json."""
+        meta = self.path.parent / "meta.json"
+        return json.loads(meta.read_text())["dropped"].get(self.path.name, {}) if meta.is_file() else {}
+
     def example(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         ids = np.asarray(self.tokens[self.offsets[i] : self.offsets[i + 1]], dtype=np.int64)
         mask = np.arange(len(ids)) >= self.target_start[i]
@@ -444,6 +450,21 @@ def report(meta: dict, log: Callable) -> None:
             f" | length p50 {lens['p50']} p90 {lens['p90']} p99 {lens['p99']} max {lens['p100']}"
             f" | dropped {_fmt_counts(d) or 'none'}"
         )
+
+
+def why_small(ds: TokenDataset, cfg: DataConfig) -> str:
+    """Why a split holds so few examples, and the flag that changes it ("" when nothing was left out)."""
+    causes = []
+    d = ds.dropped
+    if d.get("too_long"):
+        causes.append(f"{d['too_long']:,} were dropped as longer than --max-len {cfg.max_len} tokens (raise "
+                      "--max-len, up to the model's context)")  # fmt: skip
+    if d.get("no_def_for_docstring_format"):
+        causes.append(f"{d['no_def_for_docstring_format']:,} have no def line for --prompt-format docstring "
+                      "(use --prompt-format study)")  # fmt: skip
+    if ds.path.name == "train" and cfg.max_train_examples is not None:
+        causes.append(f"--max-train-examples {cfg.max_train_examples:,} keeps at most that many")
+    return "; ".join(causes)
 
 
 def prepare(

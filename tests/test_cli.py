@@ -1,10 +1,11 @@
 """cli.build_parser: a config's fields become flags; inherited option groups get their own --help section."""
 
+import re
 from dataclasses import dataclass
 
 import pytest
 
-from cli import build_parser, opt, parse_config
+from cli import UsageError, build_parser, opt, parse_config
 
 
 @dataclass
@@ -63,3 +64,34 @@ def test_help_prints_each_default_once():
     assert "(default: None)" not in text
     assert "examples per micro-batch per process (default: 8)" in text
     assert "peak learning rate (default 2e-4 with LoRA, 5e-5 full) --" in text  # its own words, once
+
+
+def test_a_yaml_config_sets_defaults_flags_override_and_its_keys_count_as_given(tmp_path):
+    """Settings from --config are what a resumed run treats as given, as if typed on the command line."""
+    from cli import given_flags
+    from training.config import TrainConfig
+
+    path = tmp_path / "run.yaml"
+    path.write_text("# a recipe\nmodel: tiny\nlora-rank: 4\nmax_steps: 7\n")
+    cfg = parse_config(TrainConfig, ["--config", str(path), "--max-steps", "9"])
+    assert (cfg.model, cfg.lora_rank, cfg.max_steps) == ("tiny", 4, 9)
+    assert given_flags(TrainConfig, ["--config", str(path), "--lr", "0.1"]) == {
+        "config", "model", "lora_rank", "max_steps", "lr"
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("model: [tiny\n", "is not valid YAML"),
+        ("- model\n- tiny\n", "must hold one mapping of option: value, not a list"),
+        ("epochs: 2\nbatchsize: 4\n", "has unknown key: batchsize (did you mean batch_size?)"),
+    ],
+)
+def test_a_bad_yaml_config_is_one_usage_error(tmp_path, text, message):
+    from training.config import TrainConfig
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(UsageError, match=re.escape(message)):
+        parse_config(TrainConfig, ["--config", str(path)])

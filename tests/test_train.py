@@ -373,5 +373,106 @@ def test_an_empty_validation_split_is_a_warning_not_silence(tmp_path):
                             + "\n" for i in range(8)))  # fmt: skip
     cp = run_train([*TINY, "--data", f"jsonl:{path}", "--max-steps", "1", "--out-dir", str(tmp_path / "run")],
                    cwd=tmp_path)  # fmt: skip
-    assert "data: warning: the validation split is empty" in cp.stdout
+    assert "data: warning: the validation split has 0 examples, fewer than one batch of 4" in cp.stdout
+    assert "no validation loss will be reported" in cp.stdout
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["final_val_loss"] is None
+
+
+def test_early_stopping_stops_keeps_best_and_both_load_like_final(tmp_path, corpus):
+    """Full fine-tuning at a learning rate that makes the validation loss climb: the run stops after
+    `patience` evaluations without a new best, best/ holds the weights of the best evaluation and loads in
+    transformers like final/; summary.json says where best/ came from. TensorBoard's own reader finds the
+    same losses in the event file as metrics.jsonl holds."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from transformers import GPT2LMHeadModel
+
+    out = tmp_path / "run"
+    args = [*TINY, "--lora-rank", "0", "--data", f"jsonl:{corpus}", "--lr", "0.3", "--warmup-steps", "0"]
+    args += ["--max-steps", "40", "--eval-every", "2", "--early-stopping-patience", "2"]
+    cp = run_train([*args, "--report-to", "tensorboard", "--out-dir", str(out)], cwd=tmp_path)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    vals = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+    best_step, best = min(vals, key=lambda sv: sv[1])
+    last = vals[-1][0]
+    assert last < 40 and "early stop at step" in cp.stdout  # stopped before its plan ended
+    assert [s for s, _ in vals[-2:]] == [last - 2, last] and all(v >= best for _, v in vals[-2:])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped_early"] is True and summary["best_step"] == best_step and summary["steps"] == last
+    x = torch.randint(0, 50257, (1, 16))
+    for name in ("best", "final"):
+        model = GPT2LMHeadModel.from_pretrained(out / name).eval()
+        assert torch.isfinite(model(x).logits).all()
+    assert not torch.equal(*(load_file_tensor(out / n / "model.safetensors") for n in ("best", "final")))
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    for tag, want in (("loss", [(r["step"], r["loss"]) for r in rows if "loss" in r]), ("val_loss", vals)):
+        got = [(e.step, e.value) for e in events.Scalars(tag)]  # float32 in the file
+        assert [s for s, _ in got] == [s for s, _ in want]
+        assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-6)
+
+
+def load_file_tensor(path: Path) -> torch.Tensor:
+    """One matrix of a safetensors checkpoint (the first block's attention weight)."""
+    from safetensors.torch import load_file
+
+    sd = load_file(path)
+    return next(v for k, v in sd.items() if k.endswith("h.0.attn.c_attn.weight"))
+
+
+def test_lora_best_adapter_loads_in_peft(tmp_path, corpus):
+    """With LoRA, best/ is a PEFT adapter like final/, on the run's saved random base."""
+    from peft import PeftModel
+    from transformers import GPT2LMHeadModel
+
+    out = tmp_path / "run"
+    args = [*TINY, "--lora-rank", "4", "--data", f"jsonl:{corpus}", "--max-steps", "4", "--eval-every", "2"]
+    run_train([*args, "--early-stopping-patience", "3", "--out-dir", str(out)], cwd=tmp_path)
+    assert (out / "best" / "adapter_model.safetensors").is_file()
+    peft = PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(out / "base"), out / "best").eval()
+    assert torch.isfinite(peft(torch.randint(0, 50257, (1, 8))).logits).all()
+
+
+def test_a_train_split_below_one_batch_names_its_cause_and_the_flag(tmp_path):
+    """Most functions longer than --max-len: exit 2 with the count dropped as too long and the flag to raise,
+    nothing written."""
+    path = tmp_path / "long.jsonl"
+    body = "".join(f"    x = x + {j}\n" for j in range(40))
+    rows = [{"docstring": f"Add things {i}.", "code": f"def f_{i}(x):\n{body * (i > 0)}    return x\n",
+             "split": "train"} for i in range(6)]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cp = run_train([*TINY, "--max-len", "64", "--data", f"jsonl:{path}", "--out-dir", str(tmp_path / "run")],
+                   cwd=tmp_path, check=False)  # fmt: skip
+    assert cp.returncode == 2, cp.stderr
+    assert "5 were dropped as longer than --max-len 64 tokens (raise --max-len" in cp.stderr
+    assert "Traceback" not in cp.stderr and not (tmp_path / "run").exists()
+
+
+def test_the_start_shows_a_short_config_block_and_the_plan_estimates_the_time(tmp_path, corpus):
+    cp = run_train([*TINY, "--data", f"jsonl:{corpus}", "--max-steps", "2", "--out-dir", str(tmp_path / "r")],
+                   cwd=tmp_path)  # fmt: skip
+    lines = cp.stdout.splitlines()
+    block = lines[lines.index("config:") + 1 :]
+    block = block[: next(i for i, ln in enumerate(block) if not ln.startswith("  "))]
+    assert "  --model" in block[0] or any(ln.split()[:2] == ["--model", "tiny"] for ln in block)
+    assert any(ln.split() == ["--max-steps", "2"] for ln in block) and len(block) < 25
+    assert len({ln.index(ln.split()[1]) for ln in block}) == 1  # values aligned in one column
+    (plan,) = [ln for ln in lines if ln.startswith("plan:")]
+    assert "on this device" in plan and "s per micro-batch, measured" in plan
+
+
+def test_a_yaml_config_runs_and_an_unknown_key_is_one_sentence(tmp_path, corpus):
+    """configs/smoke.yaml runs as the README gives it (its data and length overridden by flags here); a file
+    with a misspelled option fails before anything is written, naming the key."""
+    out = tmp_path / "smoke"
+    flags = ["--data", f"jsonl:{corpus}", "--max-steps", "2", "--out-dir", str(out)]
+    run_train(["--config", str(ROOT / "configs" / "smoke.yaml"), *flags], cwd=tmp_path)
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["model"] == "tiny" and saved["lora_rank"] == 8 and saved["max_steps"] == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: tiny\nlora_rnk: 4\n")
+    cp = run_train(["--config", str(bad), "--out-dir", str(tmp_path / "x")], cwd=tmp_path, check=False)
+    assert cp.returncode == 2 and cp.stderr.strip().splitlines() == [
+        f"error: --config {bad} has unknown key: lora_rnk (did you mean lora_rank?)"
+    ]
+    assert not (tmp_path / "x").exists()

@@ -27,9 +27,9 @@ from training.config import TrainConfig, default_out_dir
 # A resumed run keeps the settings in its config.json. These come from the command line instead: where and
 # how this process runs. Of the rest, only the schedule's flags may be changed on resume, by giving them.
 RUNTIME_FLAGS = ("resume", "out_dir", "device", "cuda_graph", "dry_run", "print_config", "overwrite",
-                 "config")  # fmt: skip
+                 "config", "report_to")  # fmt: skip
 SCHEDULE_FLAGS = ("max_steps", "epochs", "save_every", "eval_every", "eval_batches", "log_every",
-                  "keep_checkpoints")  # fmt: skip
+                  "keep_checkpoints", "early_stopping_patience")  # fmt: skip
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -187,13 +187,19 @@ def load_checkpoint(ckpt: Path, model, optimizer, scaler, batches, lora: LoRACon
     return state["step"]
 
 
-def save_final(out: Path, model, cfg: TrainConfig, lora: LoRAConfig | None) -> None:
-    """final/: the full model (HF format) or the adapter (PEFT format) with merged/, base + adapter as one
-    HF model."""
+def save_final(out: Path, model, cfg: TrainConfig, lora: LoRAConfig | None, name: str = "final") -> None:
+    """final/ (or best/): the full model (HF format) or the adapter (PEFT format), written whole to a
+    temporary folder first, so a crash never leaves half of one; for final/ of LoRA also merged/, base +
+    adapter as one HF model."""
+    tmp, dest = out / f".{name}.tmp", out / name
+    shutil.rmtree(tmp, ignore_errors=True)
     if lora is None:
-        save_pretrained(model, out / "final")
+        save_pretrained(model, tmp)
     else:
-        save_adapter(model, out / "final", base_model_name_or_path=base_name(cfg, out))
+        save_adapter(model, tmp, base_model_name_or_path=base_name(cfg, out))
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+    if lora is not None and name == "final":
         export_merged(model, out / "merged")
 
 

@@ -61,8 +61,15 @@ class TrainConfig(ModelOptions, LoRAOptions, DataConfig, DeviceOptions):
     save_every: int = opt(500, "checkpoint every N steps; 0 = only at the end")
     keep_checkpoints: int = opt(2, "complete checkpoints kept (older ones deleted)")
     log_every: int = opt(10, "log every N steps")
+    report_to: str = opt(
+        "none", "also write metrics.jsonl's rows as TensorBoard scalars (RUN/tensorboard/)",
+        choices=["none", "tensorboard"],
+    )  # fmt: skip
+    early_stopping_patience: int = opt(
+        0, "stop after N evaluations in a row without a new best validation loss, keeping best/ (0 = off)"
+    )
     profile_memory: bool = opt(False, "measure memory per component on the first steps -> memory.json")
-    config: str | None = opt(None, "JSON or TOML file with any of these options (flags override it)")
+    config: str | None = opt(None, "YAML (see configs/), TOML or JSON file of these options; flags override")
     print_config: bool = opt(False, "print the resolved config as JSON and exit")
     dry_run: bool = opt(False, "build everything, print the plan and memory estimate, train nothing")
 
@@ -86,6 +93,9 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.max_steps is None or cfg.max_steps >= 1, "--max-steps must be >= 1"),
         (cfg.epochs > 0, "--epochs must be positive"),
         (not (cfg.resume and cfg.overwrite), "--resume and --overwrite contradict each other; pass one"),
+        (cfg.early_stopping_patience >= 0, "--early-stopping-patience must be >= 0 (0 = off)"),
+        (not cfg.early_stopping_patience or cfg.eval_every > 0,
+         "--early-stopping-patience needs evaluations during the run: pass --eval-every N"),
         (cfg.init in ("random", "auto") or cfg.weights or cfg.model in HUB_IDS,
          f"--model {cfg.model} has no published weights; pass --init random or --weights PATH"),
     ]  # fmt: skip

@@ -4,6 +4,7 @@ and plots/."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -20,6 +21,15 @@ from generation import generate
 from training.checkpoint import atomic_write_text
 from training.config import TrainConfig
 from training.hardware import memory_bytes
+from training.tensorboard import EventWriter
+
+
+def format_duration(seconds: float) -> str:
+    """12 s, 4.5 min, 2.3 h, 1.4 days: the unit a person reads at a glance."""
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size if unit == "days" else seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
 
 
 def log_line(row: dict, total: int) -> str:
@@ -32,17 +42,35 @@ def log_line(row: dict, total: int) -> str:
     )
 
 
+# The settings every run's start shows; any other is shown only when it is not at its default.
+CORE_SETTINGS = ("model", "init", "weights", "lora_rank", "data", "max_len", "batch_size", "grad_accum", "lr",
+                 "epochs", "max_steps", "device", "dtype", "out_dir")  # fmt: skip
+
+
+def config_block(cfg: TrainConfig) -> str:
+    """The resolved settings as a short aligned block of flags and values (config.json keeps them all)."""
+    defaults = TrainConfig()
+    shown = [f for f in dataclasses.fields(cfg)
+             if f.name in CORE_SETTINGS or getattr(cfg, f.name) != getattr(defaults, f.name)]  # fmt: skip
+    if cfg.max_steps is not None:  # --max-steps overrides --epochs: show the one that counts
+        shown = [f for f in shown if f.name != "epochs"]
+    flags = {f.name: "--" + f.name.replace("_", "-") for f in shown}
+    width = max(map(len, flags.values()))
+    return "config:\n" + "\n".join(f"  {flags[f.name]:<{width}}  {getattr(cfg, f.name)}" for f in shown)
+
+
 class Progress:
     """The loop's reports. metrics: the metrics.jsonl to append to (rank 0), or None (other ranks: no rows,
     no bar). Tokens/s and MFU are measured over the steps since the last logged one."""
 
     def __init__(self, total: int, start: int, *, every: int, steps_per_epoch: int, flops_per_token: float,
                  peak_tflops: float, device: torch.device, metrics: Path | None,
-                 log: Callable = print):  # fmt: skip
+                 tensorboard: Path | None = None, log: Callable = print):  # fmt: skip
         self.total, self.every, self.steps_per_epoch = total, every, steps_per_epoch
         self.flops_per_token, self.peak_flops = flops_per_token, peak_tflops * 1e12
         self.device, self.log = device, log
         self.file = open(metrics, "a") if metrics is not None else None
+        self.events = EventWriter(tensorboard) if tensorboard is not None else None  # the same rows
         tty = self.file is not None and sys.stderr.isatty()
         self.bar = tqdm(total=total, initial=start, dynamic_ncols=True, disable=not tty)
         self.t_start = self.t_window = time.perf_counter()
@@ -100,6 +128,8 @@ class Progress:
     def _write(self, row: dict) -> None:
         self.file.write(json.dumps(row) + "\n")
         self.file.flush()
+        if self.events is not None:
+            self.events.add_row(row)
 
     def __enter__(self) -> Progress:
         return self
@@ -108,6 +138,8 @@ class Progress:
         self.bar.close()
         if self.file is not None:
             self.file.close()
+        if self.events is not None:
+            self.events.close()
 
 
 @torch.no_grad()
@@ -122,8 +154,8 @@ def sample_text(model, prompt: str, amp: AbstractContextManager, max_new_tokens:
     return tok.decode([i for i in out if i != tok.eot])
 
 
-def write_summary(out: Path, model, cfg: TrainConfig, train_time: float) -> dict:
-    """summary.json (the numbers a comparison of runs needs) and plots/, from metrics.jsonl."""
+def write_summary(out: Path, model, cfg: TrainConfig, train_time: float, **extra) -> dict:
+    """summary.json (the numbers a comparison of runs needs, and `extra`) and plots/, from metrics.jsonl."""
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
     train_rows = [r for r in rows if "loss" in r]
     vals = [r["val_loss"] for r in rows if "val_loss" in r]
@@ -141,6 +173,7 @@ def write_summary(out: Path, model, cfg: TrainConfig, train_time: float) -> dict
         init=cfg.init,
         model=cfg.model if cfg.weights is None else cfg.weights,  # the preset, or the weights it came from
         architecture=model.config.to_dict(),  # what was trained, whatever the preset says
+        **extra,
     )
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     plot_run(out, rows, random=cfg.init == "random")

@@ -7,6 +7,7 @@ the same; averaging micro-batch means does not). Shapes: B rows, T positions.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -111,3 +112,19 @@ def validation_loss(model, batches, n_batches: int, amp: AbstractContextManager,
         count += b.n_targets
     model.train()
     return total / max(count, 1)
+
+
+def time_micro_batch(model, b: Batch, amp: AbstractContextManager, device: torch.device) -> float:
+    """Seconds for one forward and backward of micro-batch b, for the plan's time estimate. The random state
+    and the gradients are left as they were, so the run trains exactly as it would without it."""
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        b = b.to(device)
+        start = time.perf_counter()
+        with amp:
+            loss = loss_sum(model, b)
+        loss.backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+    model.zero_grad(set_to_none=True)
+    return seconds
