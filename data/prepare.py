@@ -450,6 +450,11 @@ def report(meta: dict, log: Callable) -> None:
             f" | length p50 {lens['p50']} p90 {lens['p90']} p99 {lens['p99']} max {lens['p100']}"
             f" | dropped {_fmt_counts(d) or 'none'}"
         )
+    too_long, kept = meta["dropped"].get("train", {}).get("too_long", 0), meta["stats"]["train"]["examples"]
+    if too_long > 0.1 * (too_long + kept):  # a count alone does not say it is a setting
+        log(f"data: {too_long:,} of {too_long + kept:,} training examples are longer than --max-len "
+            f"{meta['config']['max_len']} tokens and were left out; a larger --max-len (up to the model's "
+            "context) keeps them")  # fmt: skip
 
 
 def why_small(ds: TokenDataset, cfg: DataConfig) -> str:

@@ -159,3 +159,16 @@ def test_cli_prints_stats_and_an_example(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "train" in out and "examples" in out and "p50" in out and "--- example 0" in out
     assert "Prompt: Scale x by the number 0.\nCode:\n\u2502def scale_0(x):" in out
+
+
+def test_many_too_long_examples_are_named_with_the_flag_that_keeps_them(tmp_path):
+    """Half the training functions longer than --max-len: a line says how many of how many, and which flag;
+    the dataset knows its drops (train.py names them when a split ends up too small)."""
+    rows = [func(i, lines=2 if i % 2 else 40) for i in range(8)]
+    lines = []
+    ds = prepare(config(tmp_path, rows, max_len=96), splits=("train",), log=lines.append)["train"]
+    assert len(ds) == 4 and ds.dropped == {"too_long": 4}
+    assert "data: 4 of 8 training examples are longer than --max-len 96 tokens and were left out" in lines[-1]
+    lines.clear()
+    prepare(config(tmp_path, rows[1::2], max_len=96), splits=("train",), log=lines.append)
+    assert not any("were left out" in ln for ln in lines)  # none dropped: no such line
