@@ -63,6 +63,7 @@ class EvalConfig(RunModelOptions, SamplingOptions, DeviceOptions):
     compare: str | None = opt(
         None, "run folders to tabulate side by side (the full-vs-LoRA table)", nargs="+"
     )
+    overwrite: bool = opt(False, "--compare: replace a comparison of other runs in its folder")
     self_check: bool = opt(False, "check the harness against known answers; exit 1 if a check fails")
 
 
@@ -359,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(
                 f"--compare needs two or more run folders side by side; got only {cfg.compare[0]}"
             )
-        compare(cfg.compare, Path(cfg.out_dir or "runs/compare"), cfg.tag)
+        compare(cfg.compare, Path(cfg.out_dir or "runs/compare"), cfg.tag, cfg.overwrite)
         return 0
     validate(cfg)
     run_cfg = read_config(cfg.run) if cfg.run else {}

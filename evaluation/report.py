@@ -177,11 +177,25 @@ def run_row(run: Path, tag: str = "") -> dict:
     return row
 
 
-def compare(runs: list[str], out: Path, tag: str = "") -> list[dict]:
-    """compare.md, compare.csv and compare.png in `out`: the full-vs-LoRA table."""
+def compare(runs: list[str], out: Path, tag: str = "", overwrite: bool = False) -> list[dict]:
+    """compare.md, .csv, .json and .png in `out`: the full-vs-LoRA table. A folder that holds a comparison
+    of other runs is refused unless overwrite; the same runs compared again are updated, and said so."""
+    from cli import UsageError
+
+    names = [str(Path(r).resolve()) for r in runs]
+    earlier = out / "compare.json"
+    if earlier.is_file():
+        before = json.loads(earlier.read_text()).get("runs", [])
+        if before != names and not overwrite:
+            raise UsageError(
+                f"{out} holds a comparison of other runs ({', '.join(Path(r).name for r in before)}); pass "
+                "--out-dir for this one, or --overwrite to replace it"
+            )
+        print(f"{out}: replacing the earlier comparison of {'these' if before == names else 'other'} runs")
     rows = [run_row(Path(r), tag) for r in runs]
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "compare.csv", rows)
+    (out / "compare.json").write_text(json.dumps(dict(runs=names, tag=tag, rows=rows), indent=2))
 
     def cell(k, v):
         return "—" if v is None else COMPARE_COLS[k][1].format(v)
@@ -193,17 +207,34 @@ def compare(runs: list[str], out: Path, tag: str = "") -> list[dict]:
     text = "\n".join(md + [""] + notes) + "\n"
     (out / "compare.md").write_text(text)
     print(text)
+    plot_compare(rows, out / "compare.png")
+    return rows
+
+
+def plot_compare(rows: list[dict], path: Path, cols: int = 3) -> None:
+    """One panel per figure of the table, three to a row; each bar labelled with its value, so a zero reads
+    as 0 and a missing figure as "n/a", never as an empty axis."""
     plt = _plt()
     keys = [k for k in list(COMPARE_COLS)[2:] if any(r[k] is not None for r in rows)]
-    fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(2.3 * max(1, len(keys)), 3.4), squeeze=False)
-    for ax, k in zip(axes[0], keys):
-        ax.bar(range(len(rows)), [r[k] or 0 for r in rows], color=[f"C{i}" for i in range(len(rows))])
-        ax.set_xticks(range(len(rows)), [r["run"] for r in rows], rotation=45, ha="right", fontsize=8)
-        ax.set_title(COMPARE_COLS[k][0], fontsize=9)
+    n_rows = max(1, math.ceil(len(keys) / cols))
+    fig, axes = plt.subplots(n_rows, cols, figsize=(4.2 * cols, 3.3 * n_rows), squeeze=False)
+    x = range(len(rows))
+    for ax, k in zip(axes.flat, keys):
+        values = [r[k] for r in rows]
+        bars = ax.bar(x, [v or 0 for v in values], color=[f"C{i}" for i in x])
+        labels = ["n/a" if v is None else COMPARE_COLS[k][1].format(v) for v in values]
+        ax.bar_label(bars, labels, padding=2, fontsize=9)
+        top = max((v for v in values if v is not None), default=0)
+        ax.set_ylim(0, top * 1.25 if top > 0 else 1)  # all zero: an axis from 0, the bars at its floor
+        ax.set_xticks(list(x), [r["run"] for r in rows], fontsize=9)
+        ax.set_title(COMPARE_COLS[k][0], fontsize=11)
+    for ax in list(axes.flat)[len(keys) :]:
+        ax.axis("off")
+    if any(r["random_init"] for r in rows):
+        fig.suptitle(RANDOM_BANNER, color="red", fontsize=11)
     fig.tight_layout()
-    fig.savefig(out / "compare.png", dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
-    return rows
 
 
 def plot_curves(root: Path, points: list[dict]) -> None:

@@ -4,7 +4,11 @@ or, without it, from metrics.jsonl."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import pytest
+
+from cli import UsageError
 from evaluation.report import compare
 
 
@@ -54,3 +58,18 @@ def test_an_undefined_rank_correlation_is_said_in_words():
 
     assert fmt_rho(float("nan")) == "undefined (all values equal)"
     assert fmt_rho(0.12345) == "0.123"
+
+
+def test_compare_never_replaces_a_comparison_of_other_runs_silently(tmp_path, capsys):
+    a, b, c = (make_run(tmp_path, n, r, split=dict(bleu=0.0, exec_clean=0.0)) for n, r in
+               (("a", 0), ("b", 8), ("c", 64)))  # fmt: skip
+    out = tmp_path / "cmp"
+    compare([a, b], out)
+    first = (out / "compare.md").read_text()
+    compare([a, b], out)  # the same runs again: updated, and said
+    assert "replacing the earlier comparison of these runs" in capsys.readouterr().out
+    with pytest.raises(UsageError, match="holds a comparison of other runs \\(a, b\\); pass --out-dir"):
+        compare([a, c], out)
+    assert (out / "compare.md").read_text() == first  # untouched
+    compare([a, c], out, overwrite=True)
+    assert json.loads((out / "compare.json").read_text())["runs"] == [str(Path(r).resolve()) for r in (a, c)]
