@@ -38,7 +38,9 @@ from sandbox import Sandbox
 
 # ------------------------------------------------------------------------------------------------ config
 @dataclass
-class EvalConfig(RunModelOptions, SamplingOptions, DeviceOptions):
+class ScoringOptions:
+    """What is scored: the held-out split, HumanEval, how many samples."""
+
     all_checkpoints: bool = opt(False, "score every checkpoint of --run and final/, plot the curves")
     split: str = opt("test", "held-out split", choices=["validation", "test"])
     limit: int = opt(100, "score the first N examples of the split; 0 = all; -1 = none")
@@ -54,10 +56,22 @@ class EvalConfig(RunModelOptions, SamplingOptions, DeviceOptions):
     )
     batch_size: int = opt(8, "prompts per generation batch")
     seed: int = opt(0, "sampling seed")
+
+
+@dataclass
+class SandboxOptions:
+    """The sandbox that runs each completion."""
+
     workers: int | None = opt(None, "sandbox worker processes (default: the sandbox's, the CPU count)")
     timeout: float = opt(5.0, "sandbox wall-clock seconds per sample")
     memory_mb: int = opt(1024, "sandbox address-space limit per sample (MiB)")
     unsafe_no_sandbox: bool = opt(False, "run generated code with NO isolation (only where none is possible)")
+
+
+@dataclass
+class EvalConfig(RunModelOptions, ScoringOptions, SamplingOptions, SandboxOptions, DeviceOptions):
+    """evaluate.py's options: where the results go first in --help, then each group under its heading."""
+
     tag: str = opt("", "the eval/<tag>/ folder; default: made from the settings")
     out_dir: str | None = opt(None, "eval/ goes here (default: --run, else runs/NAME); --compare: its folder")
     compare: str | None = opt(

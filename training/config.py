@@ -1,5 +1,6 @@
-"""train.py's options: the shared groups (model, LoRA, data, device) plus the training loop's own, and the
-checks that stop bad settings before anything is loaded or written."""
+"""train.py's options: the shared groups (model, LoRA, data, device) and the training loop's own
+(optimization, speed and memory, the run), one --help section each, and the checks that stop bad settings
+before anything is loaded or written."""
 
 from __future__ import annotations
 
@@ -15,18 +16,9 @@ from model.hf import HUB_IDS
 
 
 @dataclass
-class TrainConfig(ModelOptions, LoRAOptions, DataConfig, DeviceOptions):
-    """train.py's options; --help lists these first, then each option group's under its own heading."""
+class OptimOptions:
+    """Optimization: the batch, the learning rate and its schedule, the length of the run."""
 
-    init: str = opt(
-        "auto",
-        "pretrained, random, or auto: the pretrained weights when they are local or can be fetched, else a "
-        "RANDOM GPT-2 (said loudly: the pipeline runs, its numbers mean nothing)",
-        choices=["auto", "pretrained", "random"],
-    )
-    # data loading
-    pack: bool = opt(False, "pack several examples per row with a block-causal mask (no padding)")
-    # optimization
     batch_size: int = opt(8, "examples per micro-batch per process")
     grad_accum: int = opt(1, "micro-batches per optimizer step")
     lr: float | None = opt(None, "peak learning rate (default 2e-4 with LoRA, 5e-5 full)")
@@ -38,16 +30,27 @@ class TrainConfig(ModelOptions, LoRAOptions, DataConfig, DeviceOptions):
     grad_clip: float = opt(1.0, "clip the global gradient norm (0 = off)")
     epochs: float = opt(1.0, "passes over the training set (ignored with --max-steps)")
     max_steps: int | None = opt(None, "optimizer steps to run (overrides --epochs)")
-    # runtime
+    seed: int = opt(0, "seed for init, data order, dropout")
+
+
+@dataclass
+class SpeedOptions:
+    """Speed and memory: packed rows, compiled or graph-captured steps, activation checkpointing, MFU."""
+
+    pack: bool = opt(False, "pack several examples per row with a block-causal mask (no padding)")
     compile: bool = opt(False, "torch.compile the model")
     cuda_graph: bool = opt(
         False,
         "capture each train step as one CUDA graph (GPU, --pack): pays where steps are small, host-bound",
     )
     grad_checkpoint: bool = opt(False, "recompute each block in backward (less activation memory)")
-    seed: int = opt(0, "seed for init, data order, dropout")
     peak_tflops: float | None = opt(None, "hardware peak for MFU (default: GPU table, or measured on CPU)")
-    # run folder
+
+
+@dataclass
+class RunOptions:
+    """The run: its folder, checkpoints, evaluations, logs and early stopping."""
+
     out_dir: str | None = opt(None, "run folder (default runs/<model>-<full|loraR>)")
     resume: str | None = opt(
         None,
@@ -69,6 +72,20 @@ class TrainConfig(ModelOptions, LoRAOptions, DataConfig, DeviceOptions):
         0, "stop after N evaluations in a row without a new best validation loss, keeping best/ (0 = off)"
     )
     profile_memory: bool = opt(False, "measure memory per component on the first steps -> memory.json")
+
+
+@dataclass
+class TrainConfig(
+    ModelOptions, LoRAOptions, DataConfig, OptimOptions, DeviceOptions, SpeedOptions, RunOptions
+):
+    """train.py's options: these first in --help, then each option group's under its own heading."""
+
+    init: str = opt(
+        "auto",
+        "pretrained, random, or auto: the pretrained weights when they are local or can be fetched, else a "
+        "RANDOM GPT-2 (said loudly: the pipeline runs, its numbers mean nothing)",
+        choices=["auto", "pretrained", "random"],
+    )
     config: str | None = opt(None, "YAML (see configs/), TOML or JSON file of these options; flags override")
     print_config: bool = opt(False, "print the resolved config as JSON and exit")
     dry_run: bool = opt(False, "build everything, print the plan and memory estimate, train nothing")
