@@ -50,10 +50,12 @@ CORE_SETTINGS = ("model", "init", "weights", "lora_rank", "data", "max_len", "ba
 def config_block(cfg: TrainConfig) -> str:
     """The resolved settings as a short aligned block of flags and values (config.json keeps them all)."""
     defaults = TrainConfig()
-    shown = [f for f in dataclasses.fields(cfg)
-             if f.name in CORE_SETTINGS or getattr(cfg, f.name) != getattr(defaults, f.name)]  # fmt: skip
+    shown = [f for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(defaults, f.name)
+             or f.name in CORE_SETTINGS and getattr(cfg, f.name) is not None]  # fmt: skip
     if cfg.max_steps is not None:  # --max-steps overrides --epochs: show the one that counts
         shown = [f for f in shown if f.name != "epochs"]
+    order = {name: i for i, name in enumerate(CORE_SETTINGS)}  # the core in reading order, then the rest
+    shown.sort(key=lambda f: order.get(f.name, len(order)))
     flags = {f.name: "--" + f.name.replace("_", "-") for f in shown}
     width = max(map(len, flags.values()))
     return "config:\n" + "\n".join(f"  {flags[f.name]:<{width}}  {getattr(cfg, f.name)}" for f in shown)
