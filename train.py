@@ -147,7 +147,8 @@ class Recipe:
         self.scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
         self.amp = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
         self.peak = cfg.peak_tflops or peak_tflops(device, dtype)
-        self.log(f"MFU peak: {self.peak:.2f} TFLOP/s ({'given' if cfg.peak_tflops else 'table/measured'})")
+        source = "given" if cfg.peak_tflops else "GPU table" if device.type == "cuda" else "timed on this CPU"
+        self.log(f"MFU peak: {self.peak:.2f} TFLOP/s ({source})")
         if self.resume_from is not None:  # after all that draws random numbers: the RNG is the saved one
             state = (raw, self.optimizer, self.scaler, self.batches)
             self.step = load_checkpoint(self.resume_from, *state, self.lora, device)

@@ -1,5 +1,6 @@
 """training/hardware.py: the peak MFU is read against, and the process's own peak memory."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -49,3 +50,18 @@ def test_peak_rss_is_the_process_own_not_inherited_from_its_parent():
     own, inherited_kib = (int(v) for v in done.stdout.split())
     assert inherited_kib * 1024 >= 1536 * 2**20  # what ru_maxrss says: the parent's peak (the trap)
     assert own < 1024 * 2**20  # the child imported torch and training, well under the parent's 1.5 GiB
+
+
+def test_the_cpu_peak_is_the_best_timing_seen_on_this_machine(tmp_path, monkeypatch):
+    """A run timed on a busy machine (low) reads MFU against the best peak an earlier run measured; a
+    higher timing raises the cached peak; each dtype has its own."""
+    from training import hardware
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    timings = iter([0.5, 0.2, 0.8, 0.1])
+    monkeypatch.setattr(hardware, "measure_cpu_peak_tflops", lambda dtype: next(timings))
+    cpu = torch.device("cpu")
+    assert [peak_tflops(cpu, torch.float32) for _ in range(3)] == [0.5, 0.5, 0.8]
+    assert peak_tflops(cpu, torch.bfloat16) == 0.1
+    cache = json.loads((tmp_path / "gpt2-code-ft" / "cpu-peak.json").read_text())
+    assert sorted(cache.values()) == [0.1, 0.8]
