@@ -38,7 +38,8 @@ SCRIPT_ATTACKS: dict[str, tuple[str, set]] = {
     "fork_bomb": ("import os\nwhile True:\n    os.fork()", {"blocked"}),
     "thread_bomb": (
         "import threading, time\nwhile True:\n    threading.Thread(target=time.sleep, args=(100,)).start()",
-        {"failed:RuntimeError", "memory"},
+        # plain python3 raises RuntimeError, then waits for its non-daemon threads: past the deadline
+        {"failed:RuntimeError", "memory", "timeout"},
     ),
     "subprocess": ("import subprocess\nsubprocess.run(['ls', '/'])", {"blocked"}),
     "os_system": ("import os\nos.system('echo PWNED > /tmp/PWNED_system')", {"blocked"}),
@@ -138,7 +139,8 @@ SCRIPT_ATTACKS: dict[str, tuple[str, set]] = {
         {"failed:ProcessLookupError", "failed:PermissionError", "crash"},
     ),
     # --- forged verdicts ---
-    "sys_exit_zero": ("import sys\nprint('passed')\nsys.exit(0)", {"failed:SystemExit"}),
+    # sys.exit(0) is a normal exit, status 0, as in plain python3; the printed word is only output
+    "sys_exit_zero": ("import sys\nprint('passed')\nsys.exit(0)", {"passed"}),
     "os_exit_zero": ("import os\nprint('PASSED', flush=True)\nos._exit(0)", {"failed:exit"}),
     "raise_system_exit_in_atexit": (
         "import atexit, os\natexit.register(lambda: None)\nos._exit(0)",

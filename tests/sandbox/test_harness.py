@@ -17,7 +17,18 @@ from sandbox.launcher import decode, encode
 ROOT_ONLY = pytest.mark.skipif(
     os.geteuid() != 0, reason="namespaces and the uid drop need root (CI runs as root)"
 )
-ALL_LAYERS = ["rlimits", "netns", "mountns", "pidns", "ipcns", "utsns", "uid", "no_new_privs", "seccomp"]
+ALL_LAYERS = [
+    "rlimits",
+    "netns",
+    "mountns",
+    "pidns",
+    "ipcns",
+    "utsns",
+    "image",
+    "uid",
+    "no_new_privs",
+    "seccomp",
+]
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +70,8 @@ def test_script_that_returns_passes_with_its_output(sb):
     "code, status",
     [
         ("raise ValueError('no')", "failed:ValueError"),
-        ("import sys\nsys.exit(0)", "failed:SystemExit"),
+        ("import sys\nsys.exit(0)", "passed"),  # as plain python3: exit status 0 after normal shutdown
+        ("import sys\nsys.exit(3)", "failed:exit"),
         ("import os\nos._exit(0)", "failed:exit"),
         ("def f(:\n", "failed:SyntaxError"),
         ("x = bytearray(1 << 40)", "memory"),
