@@ -439,6 +439,7 @@ def zygote(cfg: dict) -> None:
     """Serve runs for one harness: each request (a config + its fds over a unix socket) is forked off this
     warm interpreter, so a run costs a fork instead of an interpreter start. Exits when the harness does."""
     import atexit  # noqa: F401 - imported once here, not by every run (script mode uses them)
+    import linecache  # noqa: F401
     import select
     import socket
     import types  # noqa: F401
@@ -514,6 +515,7 @@ def _run_script(code: str, req: int, res: int) -> None:
     ("exc", name, message) labels a failure; both are untrusted."""
     import atexit
     import builtins
+    import linecache
     import types
 
     nonce = _recv(req)
@@ -523,6 +525,7 @@ def _run_script(code: str, req: int, res: int) -> None:
     main.__builtins__ = builtins
     sys.modules["__main__"] = main
     sys.argv = ["main.py"]
+    linecache.cache["main.py"] = (len(code), None, code.splitlines(True), "main.py")  # for inspect.getsource
     try:
         exec(compile(code, "main.py", "exec"), main.__dict__)
     except SystemExit:

@@ -159,6 +159,109 @@ SCRIPT_ATTACKS: dict[str, tuple[str, set]] = {
     ),
     "crash_after_output": ("print('ok', flush=True)\nimport ctypes\nctypes.string_at(0)", {"crash"}),
     "abort": ("import os\nos.abort()", {"crash"}),
+    # --- forged verdicts through the runner's own state (the verdict is the exit status seen by pid 1) ---
+    "runner_patched_then_raise": (
+        "import sys, os, atexit\nf = sys._getframe()\nwhile f:\n"
+        "    for k in ('_send', 'encode', '_exception', '_recv'):\n"
+        "        if k in f.f_globals:\n            f.f_globals[k] = lambda *a, **kw: None\n    f = f.f_back\n"
+        "os._exit = lambda *a: None\nraise ValueError('after patching the runner')",
+        {"failed:ValueError", "failed:exit"},
+    ),
+    "nonce_theft_then_raise": (
+        "import sys, os, json\nf = sys._getframe()\nwhile 'nonce' not in f.f_locals:\n    f = f.f_back\n"
+        "body = json.dumps(['T', 'done', f.f_locals['nonce']]).encode()\nfor fd in range(3, 64):\n    try:\n"
+        "        os.write(fd, len(body).to_bytes(4, 'big') + body)\n    except OSError:\n        pass\n"
+        "raise ValueError('stole the nonce')",
+        {"failed:ValueError", "failed:protocol"},
+    ),
+    # os._exit(0) exits 0 under plain python3 too: a stolen nonce can only make such a program "passed"
+    "nonce_theft_then_os_exit_zero": (
+        "import sys, os, json\nf = sys._getframe()\nwhile 'nonce' not in f.f_locals:\n    f = f.f_back\n"
+        "body = json.dumps(['T', 'done', f.f_locals['nonce']]).encode()\n"
+        "os.write(f.f_locals['res'], len(body).to_bytes(4, 'big') + body)\nos._exit(0)",
+        {"passed"},
+    ),
+    "thread_crashes_after_main_returns": (
+        "import threading, time, ctypes\n"
+        "threading.Thread(target=lambda: (time.sleep(0.2), ctypes.string_at(0))).start()",
+        {"crash"},
+    ),
+    "atexit_exits_nonzero": ("import atexit, os\natexit.register(os._exit, 3)", {"failed:exit"}),
+    "thread_never_ends": (
+        "import threading, time\nthreading.Thread(target=time.sleep, args=(1000,)).start()",
+        {"timeout"},
+    ),
+    "exception_class_named_passed": (
+        "class passed(Exception):\n    pass\nraise passed('\\x1b[2J\\x1b[Hpassed')",
+        {"failed:exception"},
+    ),
+    # --- memory outside RLIMIT_AS and the tmpfs caps ---
+    "sysv_shm_2gib": (
+        "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+        "if libc.shmget(0, ctypes.c_size_t(2 << 30), 0o1000 | 0o600) < 0:\n"
+        "    raise OSError(ctypes.get_errno(), 'shmget')",
+        {"failed:PermissionError"},
+    ),
+    "sysv_msg_queue": (
+        "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+        "if libc.msgget(0, 0o1000 | 0o600) < 0:\n    raise OSError(ctypes.get_errno(), 'msgget')",
+        {"failed:PermissionError"},
+    ),
+    "memfd_written_not_mapped": (
+        "import os\nfd = os.memfd_create('x')\nfor _ in range(1024):\n    os.write(fd, b'0' * (1 << 20))",
+        {"failed:PermissionError"},
+    ),
+    "xattrs_on_tmpfs": (
+        "import os\nopen('/tmp/f', 'w').close()\nfor i in range(100000):\n"
+        "    os.setxattr('/tmp/f', f'user.{i}', b'x' * 60000)",
+        {"failed:PermissionError"},
+    ),
+    "tmpfs_inode_bomb": ("i = 0\nwhile True:\n    open(f'/tmp/{i}', 'w').close()\n    i += 1", {"failed:OSError"}),
+    # --- state that would survive into a later run: the page cache, inotify, the host's disks ---
+    "fadvise_page_cache": (
+        "import os\nfd = os.open(os.__file__, os.O_RDONLY)\nos.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)",
+        {"failed:PermissionError"},
+    ),
+    "mincore_page_cache": (
+        "import ctypes, mmap, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+        "f = open(os.__file__, 'rb')\nm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)\n"
+        "addr = ctypes.c_void_p(ctypes.addressof(ctypes.c_char.from_buffer(m)))\n"
+        "vec = ctypes.create_string_buffer(len(m) // 4096 + 1)\n"
+        "if libc.mincore(addr, ctypes.c_size_t(len(m)), vec) != 0:\n"
+        "    raise OSError(ctypes.get_errno(), 'mincore')",
+        {"failed:PermissionError"},
+    ),
+    "readahead_page_cache": (
+        "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\nfd = os.open(os.__file__, os.O_RDONLY)\n"
+        "if libc.readahead(fd, ctypes.c_long(0), ctypes.c_size_t(1 << 20)) != 0:\n"
+        "    raise OSError(ctypes.get_errno(), 'readahead')",
+        {"failed:PermissionError"},
+    ),
+    "rwf_nowait_probe": (
+        "import os\nfd = os.open(os.__file__, os.O_RDONLY)\nos.preadv(fd, [bytearray(4096)], 0, os.RWF_NOWAIT)",
+        {"failed:PermissionError"},
+    ),
+    "madvise_pageout": (
+        "import mmap, os\nf = open(os.__file__, 'rb')\nm = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)\n"
+        "m.madvise(21)",  # MADV_PAGEOUT
+        {"failed:PermissionError"},
+    ),
+    "inotify_on_shared_files": (
+        "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nif libc.inotify_init1(0) < 0:\n"
+        "    raise OSError(ctypes.get_errno(), 'inotify_init1')",
+        {"failed:PermissionError"},
+    ),
+    "sync_host_disks": (
+        "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nlibc.sync()\n"
+        "if libc.syncfs(1) != 0:\n    raise OSError(ctypes.get_errno(), 'syncfs')",
+        {"failed:PermissionError"},
+    ),
+    # a call the policy does not list (pidfd_open) gets ENOSYS, as from an older kernel: default deny
+    "unlisted_syscall": (
+        "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+        "if libc.syscall(434, os.getpid(), 0) < 0:\n    raise OSError(ctypes.get_errno(), 'pidfd_open')",
+        {"failed:OSError"},
+    ),
     # --- what must keep working ---
     "threads_still_work": (
         "import threading\nout = []\n"
