@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -53,6 +54,29 @@ def test_wire_format_refuses_anything_but_exact_builtin_types(bad):
 def test_decode_accepts_literals_only():
     with pytest.raises(ValueError):
         decode(b"__import__('os').system('id')")
+
+
+COLLIDING = [["I", hex(i * (2**61 - 1))] for i in range(1, 25000)]  # ints that all hash to 0
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        ["S", *COLLIDING],  # a set that is quadratic to build
+        ["D", *(x for pair in zip(COLLIDING, range(len(COLLIDING))) for x in pair)],
+        ["L", *COLLIDING],  # a list a test could pass to set()
+        ["L", *(["S"] for _ in range(170000))],  # 1 MiB of empty sets: more values than allowed
+        "[" * 300000,  # nesting deeper than any parser's stack
+    ],
+    ids=["colliding_set", "colliding_dict", "colliding_list", "empty_sets", "deep_nesting"],
+)
+def test_decode_refuses_hostile_messages_in_bounded_time(hostile):
+    body = (hostile if type(hostile) is str else json.dumps(hostile, separators=(",", ":"))).encode()
+    assert len(body) <= 1 << 20
+    t0 = time.perf_counter()
+    with pytest.raises((ValueError, RecursionError)):
+        decode(body)
+    assert time.perf_counter() - t0 < 1.0
 
 
 @ROOT_ONLY
