@@ -221,10 +221,14 @@ SCRIPT_ATTACKS: dict[str, tuple[str, set]] = {
         "    os.setxattr('/tmp/f', f'user.{i}', b'x' * 60000)",
         {"failed:PermissionError"},
     ),
-    "tmpfs_inode_bomb": ("i = 0\nwhile True:\n    open(f'/tmp/{i}', 'w').close()\n    i += 1", {"failed:OSError"}),
+    "tmpfs_inode_bomb": (
+        "i = 0\nwhile True:\n    open(f'/tmp/{i}', 'w').close()\n    i += 1",
+        {"failed:OSError"},
+    ),
     # --- state that would survive into a later run: the page cache, inotify, the host's disks ---
     "fadvise_page_cache": (
-        "import os\nfd = os.open(os.__file__, os.O_RDONLY)\nos.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)",
+        "import os\nfd = os.open(os.__file__, os.O_RDONLY)\n"
+        "os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)",
         {"failed:PermissionError"},
     ),
     "mincore_page_cache": (
@@ -237,13 +241,15 @@ SCRIPT_ATTACKS: dict[str, tuple[str, set]] = {
         {"failed:PermissionError"},
     ),
     "readahead_page_cache": (
-        "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\nfd = os.open(os.__file__, os.O_RDONLY)\n"
+        "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+        "fd = os.open(os.__file__, os.O_RDONLY)\n"
         "if libc.readahead(fd, ctypes.c_long(0), ctypes.c_size_t(1 << 20)) != 0:\n"
         "    raise OSError(ctypes.get_errno(), 'readahead')",
         {"failed:PermissionError"},
     ),
     "rwf_nowait_probe": (
-        "import os\nfd = os.open(os.__file__, os.O_RDONLY)\nos.preadv(fd, [bytearray(4096)], 0, os.RWF_NOWAIT)",
+        "import os\nfd = os.open(os.__file__, os.O_RDONLY)\n"
+        "os.preadv(fd, [bytearray(4096)], 0, os.RWF_NOWAIT)",
         {"failed:PermissionError"},
     ),
     "madvise_pageout": (
@@ -428,13 +434,15 @@ def test_the_suite_is_at_least_forty_programs():
 
 # A candidate that writes its own frame on the result pipe (found in the runner's frame), then answers.
 RAW_REPLY = (
-    "    import sys, os, json\n    f = sys._getframe()\n    while 'res' not in f.f_locals:\n        f = f.f_back\n"
+    "    import sys, os, json\n    f = sys._getframe()\n"
+    "    while 'res' not in f.f_locals:\n        f = f.f_back\n"
     "    body = (__BODY__).encode()\n    os.write(f.f_locals['res'], len(body).to_bytes(4, 'big') + body)\n"
     "    return a + b\n"
 )
 HOSTILE_REPLIES = {
-    "colliding_set": "json.dumps(['T', 'ok', ['S', *(['I', hex(i * (2**61 - 1))] for i in range(1, 25000))]])",
-    "empty_sets": "'[\"T\",\"ok\",[\"L\"' + ',[\"S\"]' * 170000 + ']]'",
+    "colliding_set": "json.dumps(['T', 'ok', ['S', *(['I', hex(i * (2**61 - 1))] for i in range(1, 25000))]"
+    "])",
+    "empty_sets": '\'["T","ok",["L"\' + \',["S"]\' * 170000 + \']]\'',
     "deep_nesting": "'[' * 300000",
     "flood_of_frames": "json.dumps(['T', 'ok', 3])",  # then the real answer follows: one frame too many
 }
@@ -559,7 +567,8 @@ SECRET_BITS = [True, False, False, True, False, True, True, False]
 GUESS = {
     "task_id": "toy/guess",
     "prompt": "def guess(i):\n",
-    "test": "def check(candidate):\n" + "".join(f"    assert candidate({i}) == {b}\n" for i, b in enumerate(SECRET_BITS)),
+    "test": "def check(candidate):\n"
+    + "".join(f"    assert candidate({i}) == {b}\n" for i, b in enumerate(SECRET_BITS)),
     "entry_point": "guess",
 }
 # No logic: it learns the answers from earlier runs, through any store that survives one. A run learns one bit
@@ -610,7 +619,9 @@ def _learn(host: dict, store: Path) -> None:
     # Sandboxed: alternating between two harnesses (two zygotes, two images), as separate invocations would.
     second = Sandbox(timeout=3.0, memory_mb=256, workers=1)
     try:
-        runs = [(host["sb"], second)[k % 2].check_function(GUESS, learner) for k in range(2 * len(SECRET_BITS))]
+        runs = [
+            (host["sb"], second)[k % 2].check_function(GUESS, learner) for k in range(2 * len(SECRET_BITS))
+        ]
     finally:
         second.close()
     assert [r["status"] for r in runs] == ["failed:assertion"] * len(runs)

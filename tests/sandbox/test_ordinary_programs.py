@@ -16,126 +16,385 @@ from sandbox import Sandbox
 # What generated code plausibly does; every one of these exits 0 under plain python3.
 ORDINARY = {
     "print": "print('hello')",
-    "asyncio_gather": "import asyncio\nasync def f(i):\n    await asyncio.sleep(0.01)\n    return i\n"
-    "async def main():\n    return await asyncio.gather(*(f(i) for i in range(5)))\n"
-    "assert asyncio.run(main()) == [0, 1, 2, 3, 4]",
-    "asyncio_queue": "import asyncio\nasync def main():\n    q = asyncio.Queue()\n"
-    "    async def prod():\n        for i in range(10):\n            await q.put(i)\n        await q.put(None)\n"
-    "    async def cons():\n        out = []\n        while (x := await q.get()) is not None:\n"
-    "            out.append(x)\n        return out\n"
-    "    _, out = await asyncio.gather(prod(), cons())\n    assert out == list(range(10))\nasyncio.run(main())",
-    "asyncio_timeout": "import asyncio\nasync def main():\n    try:\n"
-    "        await asyncio.wait_for(asyncio.sleep(5), 0.05)\n    except asyncio.TimeoutError:\n"
-    "        print('timed out')\nasyncio.run(main())",
-    "sqlite_memory": "import sqlite3\nc = sqlite3.connect(':memory:')\nc.execute('create table t (x int)')\n"
-    "c.executemany('insert into t values (?)', [(i,) for i in range(100)])\n"
-    "assert c.execute('select sum(x) from t').fetchone() == (4950,)",
-    "threads_lock": "import threading\nn = 0\nlock = threading.Lock()\ndef work():\n    global n\n"
-    "    for _ in range(1000):\n        with lock:\n            n += 1\n"
-    "ts = [threading.Thread(target=work) for _ in range(4)]\n[t.start() for t in ts]\n[t.join() for t in ts]\n"
-    "assert n == 4000",
-    "thread_pool": "from concurrent.futures import ThreadPoolExecutor\n"
-    "with ThreadPoolExecutor(4) as ex:\n    assert list(ex.map(lambda x: x * x, range(20)))[-1] == 361",
-    "queue_workers": "import queue, threading\nq = queue.Queue()\nout = []\ndef w():\n"
-    "    while (x := q.get()) is not None:\n        out.append(x)\nt = threading.Thread(target=w)\nt.start()\n"
-    "for i in range(50):\n    q.put(i)\nq.put(None)\nt.join()\nassert len(out) == 50",
-    "tempfile_named": "import tempfile\nwith tempfile.NamedTemporaryFile('w+') as f:\n    f.write('data')\n"
-    "    f.seek(0)\n    assert f.read() == 'data'",
-    "tempdir_pathlib": "import tempfile, pathlib\nwith tempfile.TemporaryDirectory() as d:\n"
-    "    p = pathlib.Path(d) / 'a' / 'b.txt'\n    p.parent.mkdir()\n    p.write_text('x')\n"
-    "    assert [q.name for q in pathlib.Path(d).rglob('*.txt')] == ['b.txt']",
-    "shutil_copy": "import shutil, tempfile, os\nd = tempfile.mkdtemp()\nopen(os.path.join(d, 'a'), 'w').write('1')\n"
-    "shutil.copy2(os.path.join(d, 'a'), os.path.join(d, 'b'))\nshutil.copytree(d, d + '_copy')\n"
-    "shutil.rmtree(d)\nshutil.rmtree(d + '_copy')",
-    "zoneinfo": "from zoneinfo import ZoneInfo\nfrom datetime import datetime\n"
-    "t = datetime(2024, 7, 1, 12, tzinfo=ZoneInfo('America/New_York'))\n"
-    "assert t.astimezone(ZoneInfo('UTC')).hour == 16",
-    "locale_c_utf8": "import locale\nlocale.setlocale(locale.LC_ALL, 'C.UTF-8')\nprint(locale.getlocale())",
-    "json_roundtrip": "import json\nd = {'a': [1, 2.5, None, True], 'b': {'c': 'é'}}\nassert json.loads(json.dumps(d)) == d",
-    "regex": "import re\nassert re.findall(r'\\d+', 'a1b22c333') == ['1', '22', '333']",
-    "collections": "from collections import Counter, deque, defaultdict, OrderedDict\n"
-    "assert Counter('abca').most_common(1) == [('a', 2)]\nd = deque([1, 2])\nd.appendleft(0)\n"
-    "dd = defaultdict(list)\ndd['x'].append(1)\nprint(d, dict(dd), OrderedDict(a=1))",
-    "functools_cache": "from functools import lru_cache, reduce\n@lru_cache(None)\ndef fib(n):\n"
-    "    return n if n < 2 else fib(n - 1) + fib(n - 2)\nassert fib(80) == 23416728348467685\n"
-    "assert reduce(lambda a, b: a * b, range(1, 6)) == 120",
-    "dataclasses_future": "from __future__ import annotations\nfrom dataclasses import dataclass, field\n"
-    "from typing import ClassVar\n@dataclass(order=True)\nclass P:\n    x: int\n    y: int = 0\n"
-    "    tags: list[str] = field(default_factory=list)\n    n: ClassVar[int] = 0\n"
-    "assert sorted([P(2), P(1)])[0].x == 1",
-    "enum_typing": "import enum\nfrom typing import NamedTuple, Optional\nclass C(enum.Enum):\n    RED = 1\n"
-    "class Pt(NamedTuple):\n    x: int\n    y: Optional[int] = None\nassert C(1) is C.RED and Pt(1).y is None",
-    "decimal_fractions": "from decimal import Decimal, getcontext\nfrom fractions import Fraction\n"
-    "getcontext().prec = 50\nassert str(Decimal(1) / Decimal(7))[:10] == '0.14285714'\n"
-    "assert Fraction(1, 3) + Fraction(1, 6) == Fraction(1, 2)",
-    "math_statistics": "import math, statistics\nassert math.isclose(math.sqrt(2) ** 2, 2)\n"
-    "assert statistics.median([3, 1, 2]) == 2 and round(statistics.stdev([1, 2, 3, 4]), 3) == 1.291",
-    "random_seeded": "import random\nrandom.seed(0)\nxs = [random.randint(0, 9) for _ in range(5)]\n"
-    "random.shuffle(xs)\nprint(xs, random.choice('abc'))",
-    "datetime_format": "import datetime, time\nd = datetime.date(2024, 2, 29)\n"
-    "assert d.strftime('%A') == 'Thursday'\nprint(time.strftime('%Y'), time.monotonic() > 0)",
-    "hashing": "import hashlib, hmac\nassert hashlib.sha256(b'abc').hexdigest().startswith('ba7816bf')\n"
-    "print(hmac.new(b'k', b'm', 'sha1').hexdigest(), hashlib.md5(b'').hexdigest())",
-    "compression": "import zlib, gzip, bz2, lzma, base64\nb = b'x' * 10000\n"
-    "for m in (zlib, gzip, bz2, lzma):\n    assert m.decompress(m.compress(b)) == b\n"
-    "assert base64.b64decode(base64.b64encode(b)) == b",
-    "csv_io": "import csv, io\nbuf = io.StringIO()\ncsv.writer(buf).writerows([[1, 'a'], [2, 'b']])\n"
-    "assert list(csv.reader(io.StringIO(buf.getvalue()))) == [['1', 'a'], ['2', 'b']]",
-    "heapq_bisect": "import heapq, bisect\nh = [5, 1, 3]\nheapq.heapify(h)\nassert heapq.heappop(h) == 1\n"
-    "a = [1, 3, 5]\nbisect.insort(a, 4)\nassert a == [1, 3, 4, 5]",
-    "sys_exit_zero": "import sys\nprint('done')\nsys.exit(0)",
-    "sys_exit_none": "import sys\nsys.exit()",
+    "asyncio_gather": """\
+import asyncio
+async def f(i):
+    await asyncio.sleep(0.01)
+    return i
+async def main():
+    return await asyncio.gather(*(f(i) for i in range(5)))
+assert asyncio.run(main()) == [0, 1, 2, 3, 4]
+""",
+    "asyncio_queue": """\
+import asyncio
+async def main():
+    q = asyncio.Queue()
+    async def prod():
+        for i in range(10):
+            await q.put(i)
+        await q.put(None)
+    async def cons():
+        out = []
+        while (x := await q.get()) is not None:
+            out.append(x)
+        return out
+    _, out = await asyncio.gather(prod(), cons())
+    assert out == list(range(10))
+asyncio.run(main())
+""",
+    "asyncio_timeout": """\
+import asyncio
+async def main():
+    try:
+        await asyncio.wait_for(asyncio.sleep(5), 0.05)
+    except asyncio.TimeoutError:
+        print('timed out')
+asyncio.run(main())
+""",
+    "sqlite_memory": """\
+import sqlite3
+c = sqlite3.connect(':memory:')
+c.execute('create table t (x int)')
+c.executemany('insert into t values (?)', [(i,) for i in range(100)])
+assert c.execute('select sum(x) from t').fetchone() == (4950,)
+""",
+    "threads_lock": """\
+import threading
+n = 0
+lock = threading.Lock()
+def work():
+    global n
+    for _ in range(1000):
+        with lock:
+            n += 1
+ts = [threading.Thread(target=work) for _ in range(4)]
+[t.start() for t in ts]
+[t.join() for t in ts]
+assert n == 4000
+""",
+    "thread_pool": """\
+from concurrent.futures import ThreadPoolExecutor
+with ThreadPoolExecutor(4) as ex:
+    assert list(ex.map(lambda x: x * x, range(20)))[-1] == 361
+""",
+    "queue_workers": """\
+import queue, threading
+q = queue.Queue()
+out = []
+def w():
+    while (x := q.get()) is not None:
+        out.append(x)
+t = threading.Thread(target=w)
+t.start()
+for i in range(50):
+    q.put(i)
+q.put(None)
+t.join()
+assert len(out) == 50
+""",
+    "tempfile_named": """\
+import tempfile
+with tempfile.NamedTemporaryFile('w+') as f:
+    f.write('data')
+    f.seek(0)
+    assert f.read() == 'data'
+""",
+    "tempdir_pathlib": """\
+import tempfile, pathlib
+with tempfile.TemporaryDirectory() as d:
+    p = pathlib.Path(d) / 'a' / 'b.txt'
+    p.parent.mkdir()
+    p.write_text('x')
+    assert [q.name for q in pathlib.Path(d).rglob('*.txt')] == ['b.txt']
+""",
+    "shutil_copy": """\
+import shutil, tempfile, os
+d = tempfile.mkdtemp()
+open(os.path.join(d, 'a'), 'w').write('1')
+shutil.copy2(os.path.join(d, 'a'), os.path.join(d, 'b'))
+shutil.copytree(d, d + '_copy')
+shutil.rmtree(d)
+shutil.rmtree(d + '_copy')
+""",
+    "zoneinfo": """\
+from zoneinfo import ZoneInfo
+from datetime import datetime
+t = datetime(2024, 7, 1, 12, tzinfo=ZoneInfo('America/New_York'))
+assert t.astimezone(ZoneInfo('UTC')).hour == 16
+""",
+    "locale_c_utf8": """\
+import locale
+locale.setlocale(locale.LC_ALL, 'C.UTF-8')
+print(locale.getlocale())
+""",
+    "json_roundtrip": """\
+import json
+d = {'a': [1, 2.5, None, True], 'b': {'c': 'é'}}
+assert json.loads(json.dumps(d)) == d
+""",
+    "regex": r"""
+import re
+assert re.findall(r'\d+', 'a1b22c333') == ['1', '22', '333']
+""",
+    "collections": """\
+from collections import Counter, deque, defaultdict, OrderedDict
+assert Counter('abca').most_common(1) == [('a', 2)]
+d = deque([1, 2])
+d.appendleft(0)
+dd = defaultdict(list)
+dd['x'].append(1)
+print(d, dict(dd), OrderedDict(a=1))
+""",
+    "functools_cache": """\
+from functools import lru_cache, reduce
+@lru_cache(None)
+def fib(n):
+    return n if n < 2 else fib(n - 1) + fib(n - 2)
+assert fib(80) == 23416728348467685
+assert reduce(lambda a, b: a * b, range(1, 6)) == 120
+""",
+    "dataclasses_future": """\
+from __future__ import annotations
+from dataclasses import dataclass, field
+from typing import ClassVar
+@dataclass(order=True)
+class P:
+    x: int
+    y: int = 0
+    tags: list[str] = field(default_factory=list)
+    n: ClassVar[int] = 0
+assert sorted([P(2), P(1)])[0].x == 1
+""",
+    "enum_typing": """\
+import enum
+from typing import NamedTuple, Optional
+class C(enum.Enum):
+    RED = 1
+class Pt(NamedTuple):
+    x: int
+    y: Optional[int] = None
+assert C(1) is C.RED and Pt(1).y is None
+""",
+    "decimal_fractions": """\
+from decimal import Decimal, getcontext
+from fractions import Fraction
+getcontext().prec = 50
+assert str(Decimal(1) / Decimal(7))[:10] == '0.14285714'
+assert Fraction(1, 3) + Fraction(1, 6) == Fraction(1, 2)
+""",
+    "math_statistics": """\
+import math, statistics
+assert math.isclose(math.sqrt(2) ** 2, 2)
+assert statistics.median([3, 1, 2]) == 2 and round(statistics.stdev([1, 2, 3, 4]), 3) == 1.291
+""",
+    "random_seeded": """\
+import random
+random.seed(0)
+xs = [random.randint(0, 9) for _ in range(5)]
+random.shuffle(xs)
+print(xs, random.choice('abc'))
+""",
+    "datetime_format": """\
+import datetime, time
+d = datetime.date(2024, 2, 29)
+assert d.strftime('%A') == 'Thursday'
+print(time.strftime('%Y'), time.monotonic() > 0)
+""",
+    "hashing": """\
+import hashlib, hmac
+assert hashlib.sha256(b'abc').hexdigest().startswith('ba7816bf')
+print(hmac.new(b'k', b'm', 'sha1').hexdigest(), hashlib.md5(b'').hexdigest())
+""",
+    "compression": """\
+import zlib, gzip, bz2, lzma, base64
+b = b'x' * 10000
+for m in (zlib, gzip, bz2, lzma):
+    assert m.decompress(m.compress(b)) == b
+assert base64.b64decode(base64.b64encode(b)) == b
+""",
+    "csv_io": """\
+import csv, io
+buf = io.StringIO()
+csv.writer(buf).writerows([[1, 'a'], [2, 'b']])
+assert list(csv.reader(io.StringIO(buf.getvalue()))) == [['1', 'a'], ['2', 'b']]
+""",
+    "heapq_bisect": """\
+import heapq, bisect
+h = [5, 1, 3]
+heapq.heapify(h)
+assert heapq.heappop(h) == 1
+a = [1, 3, 5]
+bisect.insort(a, 4)
+assert a == [1, 3, 4, 5]
+""",
+    "sys_exit_zero": """\
+import sys
+print('done')
+sys.exit(0)
+""",
+    "sys_exit_none": """\
+import sys
+sys.exit()
+""",
     "raise_system_exit_zero": "raise SystemExit(0)",
-    "atexit_hook": "import atexit\natexit.register(print, 'bye')\nprint('hi')",
-    "thread_outlives_main": "import threading, time\n"
-    "threading.Thread(target=lambda: (time.sleep(0.1), print('late'))).start()",
-    "daemon_thread_left_running": "import threading, time\n"
-    "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()",
-    "exception_in_thread": "import threading\ndef f():\n    raise ValueError('in a thread only')\n"
-    "t = threading.Thread(target=f)\nt.start()\nt.join()",
-    "moderate_memory": "x = bytearray(64 << 20)\nx[-1] = 1\ny = [0] * 2_000_000\nprint(len(x) + len(y))",
-    "moderate_output": "for i in range(20000):\n    print(i, 'line of output')",
-    "recursion_500": "def f(n):\n    return 0 if n == 0 else 1 + f(n - 1)\nassert f(500) == 500",
-    "pickle_main_class": "import pickle\nclass A:\n    def __init__(self):\n        self.v = [1, 2]\n"
-    "assert pickle.loads(pickle.dumps(A())).v == [1, 2]",
-    "unittest_main": "import unittest\nclass T(unittest.TestCase):\n    def test_add(self):\n"
-    "        self.assertEqual(1 + 1, 2)\nunittest.main()",
-    "doctest": "def add(a, b):\n    '''\n    >>> add(1, 2)\n    3\n    '''\n    return a + b\n"
-    "import doctest\nassert doctest.testmod().failed == 0",
-    "argparse": "import argparse\np = argparse.ArgumentParser()\np.add_argument('--n', type=int, default=3)\n"
-    "assert p.parse_args([]).n == 3",
-    "logging_stderr": "import logging\nlogging.basicConfig(level=logging.INFO)\nlogging.info('hello %s', 'log')",
-    "warnings": "import warnings\nwarnings.warn('careful')\nprint('still fine')",
-    "struct_array": "import struct, array\nassert struct.unpack('<I', struct.pack('<I', 7)) == (7,)\n"
-    "assert array.array('d', [1.0, 2.0]).tolist() == [1.0, 2.0]",
-    "uuid_secrets": "import uuid, secrets\nassert len(str(uuid.uuid4())) == 36 and len(secrets.token_hex(8)) == 16",
-    "signal_alarm": "import signal, time\nsignal.signal(signal.SIGALRM, lambda *a: None)\nsignal.alarm(5)\n"
-    "time.sleep(0.01)\nsignal.alarm(0)",
-    "inspect_getsource": "import inspect\ndef f():\n    return 1\nassert 'return 1' in inspect.getsource(f)",
-    "textwrap_difflib": "import textwrap, difflib, string\nprint(textwrap.fill('word ' * 30, 40))\n"
-    "print(list(difflib.unified_diff(['a'], ['b'])))\nprint(string.Template('$x').substitute(x=1))",
-    "os_basics": "import os\nos.makedirs('a/b', exist_ok=True)\nopen('a/b/f', 'w').write('1')\n"
-    "print(os.getcwd() != '', sorted(os.listdir('a')), os.cpu_count() is not None, os.getpid() > 0)",
-    "platform_sysconfig": "import platform, sysconfig\nprint(platform.python_version(), sysconfig.get_platform())",
-    "itertools_generators": "import itertools\ndef gen():\n    yield from range(3)\n"
-    "assert list(itertools.chain(gen(), 'ab')) == [0, 1, 2, 'a', 'b']\n"
-    "assert len(list(itertools.permutations(range(5)))) == 120",
-    "stderr_and_stdout": "import sys\nprint('out')\nprint('err', file=sys.stderr)",
-    "sleep_short": "import time\ntime.sleep(0.2)",
+    "atexit_hook": """\
+import atexit
+atexit.register(print, 'bye')
+print('hi')
+""",
+    "thread_outlives_main": """\
+import threading, time
+threading.Thread(target=lambda: (time.sleep(0.1), print('late'))).start()
+""",
+    "daemon_thread_left_running": """\
+import threading, time
+threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+""",
+    "exception_in_thread": """\
+import threading
+def f():
+    raise ValueError('in a thread only')
+t = threading.Thread(target=f)
+t.start()
+t.join()
+""",
+    "moderate_memory": """\
+x = bytearray(64 << 20)
+x[-1] = 1
+y = [0] * 2_000_000
+print(len(x) + len(y))
+""",
+    "moderate_output": """\
+for i in range(20000):
+    print(i, 'line of output')
+""",
+    "recursion_500": """\
+def f(n):
+    return 0 if n == 0 else 1 + f(n - 1)
+assert f(500) == 500
+""",
+    "pickle_main_class": """\
+import pickle
+class A:
+    def __init__(self):
+        self.v = [1, 2]
+assert pickle.loads(pickle.dumps(A())).v == [1, 2]
+""",
+    "unittest_main": """\
+import unittest
+class T(unittest.TestCase):
+    def test_add(self):
+        self.assertEqual(1 + 1, 2)
+unittest.main()
+""",
+    "doctest": """\
+def add(a, b):
+    '''
+    >>> add(1, 2)
+    3
+    '''
+    return a + b
+import doctest
+assert doctest.testmod().failed == 0
+""",
+    "argparse": """\
+import argparse
+p = argparse.ArgumentParser()
+p.add_argument('--n', type=int, default=3)
+assert p.parse_args([]).n == 3
+""",
+    "logging_stderr": """\
+import logging
+logging.basicConfig(level=logging.INFO)
+logging.info('hello %s', 'log')
+""",
+    "warnings": """\
+import warnings
+warnings.warn('careful')
+print('still fine')
+""",
+    "struct_array": """\
+import struct, array
+assert struct.unpack('<I', struct.pack('<I', 7)) == (7,)
+assert array.array('d', [1.0, 2.0]).tolist() == [1.0, 2.0]
+""",
+    "uuid_secrets": """\
+import uuid, secrets
+assert len(str(uuid.uuid4())) == 36 and len(secrets.token_hex(8)) == 16
+""",
+    "signal_alarm": """\
+import signal, time
+signal.signal(signal.SIGALRM, lambda *a: None)
+signal.alarm(5)
+time.sleep(0.01)
+signal.alarm(0)
+""",
+    "inspect_getsource": """\
+import inspect
+def f():
+    return 1
+assert 'return 1' in inspect.getsource(f)
+""",
+    "textwrap_difflib": """\
+import textwrap, difflib, string
+print(textwrap.fill('word ' * 30, 40))
+print(list(difflib.unified_diff(['a'], ['b'])))
+print(string.Template('$x').substitute(x=1))
+""",
+    "os_basics": """\
+import os
+os.makedirs('a/b', exist_ok=True)
+open('a/b/f', 'w').write('1')
+print(os.getcwd() != '', sorted(os.listdir('a')), os.cpu_count() is not None, os.getpid() > 0)
+""",
+    "platform_sysconfig": """\
+import platform, sysconfig
+print(platform.python_version(), sysconfig.get_platform())
+""",
+    "itertools_generators": """\
+import itertools
+def gen():
+    yield from range(3)
+assert list(itertools.chain(gen(), 'ab')) == [0, 1, 2, 'a', 'b']
+assert len(list(itertools.permutations(range(5)))) == 120
+""",
+    "stderr_and_stdout": """\
+import sys
+print('out')
+print('err', file=sys.stderr)
+""",
+    "sleep_short": """\
+import time
+time.sleep(0.2)
+""",
 }
 
 # Programs that exit non-zero under plain python3: the sandbox must not pass them.
 FAILING = {
     "raise": "raise ValueError('no')",
     "assert": "assert 1 + 1 == 3",
-    "sys_exit_2": "import sys\nsys.exit(2)",
-    "sys_exit_message": "import sys\nsys.exit('a message')",
-    "atexit_exits_nonzero": "import atexit, os\natexit.register(os._exit, 3)",
-    "thread_exits_nonzero_after_main": "import threading, time, os\n"
-    "threading.Thread(target=lambda: (time.sleep(0.1), os._exit(4))).start()",
+    "sys_exit_2": """\
+import sys
+sys.exit(2)
+""",
+    "sys_exit_message": """\
+import sys
+sys.exit('a message')
+""",
+    "atexit_exits_nonzero": """\
+import atexit, os
+atexit.register(os._exit, 3)
+""",
+    "thread_exits_nonzero_after_main": """\
+import threading, time, os
+threading.Thread(target=lambda: (time.sleep(0.1), os._exit(4))).start()
+""",
     "input_without_stdin": "input()",
     "keyboard_interrupt": "raise KeyboardInterrupt",
-    "syntax_error": "def f(:\n",
+    "syntax_error": """\
+def f(:
+
+""",
     "memory_error": "x = bytearray(1 << 40)",
 }
 
