@@ -189,12 +189,17 @@ def _host_files(python: str) -> dict:
     import json
 
     out = subprocess.run(
-        [python, "-I", "-S", "-c", _PROBE], capture_output=True, text=True, env={}, timeout=60
+        [python, "-I", "-S", "-c", _PROBE],
+        stdin=subprocess.DEVNULL,  # readline, imported by the probe, must not see a terminal
+        capture_output=True,
+        text=True,
+        env={},
+        timeout=60,
     )
     if out.returncode != 0:
         why = out.stderr.strip()[-300:]
         raise SandboxUnavailable(f"the sandbox interpreter {python} does not run: {why}")
-    return json.loads(out.stdout)
+    return json.loads(out.stdout.splitlines()[-1])
 
 
 def _root_spec(files: dict) -> list:
