@@ -549,8 +549,10 @@ class Sandbox:
         return self._slots.get()
 
     def _result(self, run: _Run, status: str, detail: str, stdout: str, stderr: str) -> dict:
+        ws = run.wait_status
         return {
             "status": status,
+            "exit_code": os.WEXITSTATUS(ws) if ws is not None and os.WIFEXITED(ws) else None,
             "duration": round(time.monotonic() - run.started, 4),
             "stdout": stdout,
             "stderr": stderr,
