@@ -106,6 +106,12 @@ def test_script_verdicts(sb, code, status):
     assert sb.run_script(code)["status"] == status
 
 
+def test_the_result_carries_the_exit_status_pid_1_saw(sb):
+    assert sb.run_script("import sys\nsys.exit(3)")["exit_code"] == 3
+    assert sb.run_script("print(1)")["exit_code"] == 0
+    assert sb.run_script("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")["exit_code"] is None
+
+
 def test_timeout_is_enforced_on_the_wall_clock(sb):
     fast = Sandbox(timeout=0.5, workers=1)
     r = fast.run_script("import time\ntime.sleep(30)")
