@@ -268,14 +268,14 @@ def self_check(cfg: EvalConfig) -> bool:
         f"{m['exec_clean']:.0%} of {len(scripts)}",
     )
     exits = [
-        "    pass\nraise SystemExit(0)\n",
+        "    pass\nraise SystemExit(3)\n",  # SystemExit(0) is clean, as in plain python3
         "    pass\nimport os\nos._exit(0)\n",
         "    pass\n1 / 0\n",
         "    return (\n",
     ]
     m = summarize(score(scripts[:4], [[e] for e in exits], sandbox))["split"]
     check(
-        "exec-clean controls (exit 0, os._exit, exception, syntax) fail",
+        "exec-clean controls (exit 3, os._exit, exception, syntax) fail",
         m["exec_clean"] == 0.0,
         f"{m['statuses']}",
     )

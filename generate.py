@@ -17,6 +17,7 @@ import codecs
 import dataclasses
 import json
 import os
+import secrets
 import shutil
 import sys
 import warnings
@@ -279,8 +280,15 @@ def code_head(model_prompt: str, fmt: str) -> str:
 
 
 def run_tests(code: str, tests: str, sandbox) -> dict:
-    """Run the code, then the asserts, as one sandboxed script: its result plus verdict passed/failed."""
-    result = sandbox.run_script(code.rstrip("\n") + "\n\n\n" + tests + "\n")
+    """Run the code, then the asserts, as one sandboxed script: its result plus verdict passed/failed.
+    The script ends with an exit code drawn per run, which only reaching the end of the asserts gives: code
+    that exits 0 before them (sys.exit(0) is a clean exit to the sandbox, as to python3) fails."""
+    end = 64 + secrets.randbelow(50)
+    result = sandbox.run_script(code.rstrip("\n") + "\n\n\n" + tests + f"\nraise SystemExit({end})\n")
+    if result["exit_code"] == end and result["status"] == "failed:exit":
+        result = {**result, "status": "passed", "detail": ""}
+    elif result["status"] == "passed":
+        result = {**result, "status": "failed:exit", "detail": "exited 0 before the tests ran to their end"}
     return {**result, "verdict": "passed" if result["status"] == "passed" else "failed"}
 
 

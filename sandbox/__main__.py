@@ -85,11 +85,23 @@ def run_cmd(argv: list[str]) -> int:
     if cfg.json:
         print(json.dumps(result, indent=2))
     else:
-        sys.stdout.write(result["stdout"])
-        sys.stderr.write(result["stderr"])
-        detail = f" ({result['detail']})" if result["detail"] else ""
-        print(f"{result['status']}{detail} in {result['duration']:.2f}s [{' '.join(result['layers'])}]")
+        sys.stderr.write(escape_controls(result["stderr"]))
+        sys.stdout.write(format_text(result))
     return 0 if result["status"] == "passed" else 1
+
+
+def escape_controls(text: str) -> str:
+    """Sample output made inert for a terminal: every control character but newline and tab is escaped, so
+    no escape code, carriage return or bidi mark can hide or rewrite the verdict line."""
+    return "".join(c if c.isprintable() or c in "\n\t" else c.encode("unicode_escape").decode() for c in text)
+
+
+def format_text(result: dict) -> str:
+    """The sample's stdout (escaped), then the harness's verdict on a line of its own."""
+    out = escape_controls(result["stdout"])
+    detail = f" ({escape_controls(result['detail'])})" if result["detail"] else ""
+    verdict = f"{result['status']}{detail} in {result['duration']:.2f}s [{' '.join(result['layers'])}]"
+    return out + ("" if not out or out.endswith("\n") else "\n") + "sandbox verdict: " + verdict + "\n"
 
 
 def humaneval_cmd(argv: list[str]) -> int:

@@ -12,10 +12,10 @@ the candidate through a stub that ships plain data over the pipe; the candidate 
 
 from __future__ import annotations
 
+import builtins
 import functools
 import os
 import queue
-import re
 import secrets
 import select
 import shutil
@@ -32,10 +32,25 @@ from sandbox import launcher
 from sandbox.seccomp import SeccompUnavailable, compile_filter
 
 LAUNCHER = os.path.abspath(launcher.__file__)
-DIRECT_LAYERS = ["rlimits", "netns", "mountns", "pidns", "ipcns", "utsns", "uid", "no_new_privs", "seccomp"]
+DIRECT_LAYERS = [
+    "rlimits",
+    "netns",
+    "mountns",
+    "pidns",
+    "ipcns",
+    "utsns",
+    "image",
+    "uid",
+    "no_new_privs",
+    "seccomp",
+]
 STATUSES = ("passed", "failed:<reason>", "timeout", "memory", "blocked", "crash", "sandbox_error")
 OUTPUT_CHARS = 8192  # stdout/stderr kept in a result (the files themselves are capped by RLIMIT_FSIZE)
 MAX_RESULT_BYTES = 64 << 20  # all bytes one run may send us; more is a protocol violation
+SCRIPT_FRAME = 4096  # script mode's messages are a label and a marker
+BUILTIN_EXCEPTIONS = frozenset(
+    n for n, v in vars(builtins).items() if isinstance(v, type) and issubclass(v, BaseException)
+)
 
 
 class SandboxUnavailable(UsageError):
@@ -52,7 +67,7 @@ class CandidateError(Exception):
 
     def __init__(self, name: str, message: str):
         super().__init__(f"{name}: {message}")
-        self.name = name
+        self.name, self.message = name, message
 
 
 @dataclass
@@ -80,11 +95,22 @@ class _Run:
     wait_status: int | None = None
     timed_out: bool = False
     violation: str | None = None
+    allowed: int = 1  # messages the sample may have sent by now; one more is a protocol violation
+    frame_cap: int = launcher.MAX_MESSAGE
 
 
-def _safe_name(name) -> str:
-    """An exception name from the sample, reduced to something harmless to print and match."""
-    return name if type(name) is str and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]{0,79}", name) else "Exception"
+def _reason(name) -> tuple[str, str]:
+    """The status for a failure the sample labels with an exception name: the harness's own word (a builtin
+    exception's name, `memory`, or `failed:exception`), never text the sample chose."""
+    name = name if type(name) is str else ""
+    if name == "MemoryError":
+        return name, "memory"
+    return name[:80], (f"failed:{name}" if name in BUILTIN_EXCEPTIONS else "failed:exception")
+
+
+def _quote(text: str) -> str:
+    """Sample text made safe to show: control characters escaped, length capped."""
+    return text[:300].encode("unicode_escape").decode("ascii") if not text.isprintable() else text[:300]
 
 
 def _is_exc(message) -> bool:
@@ -118,29 +144,88 @@ def _find_python(python: str | None) -> str:
     raise SandboxUnavailable("no system python3 found for sandboxed code; pass python=/path/to/python3")
 
 
-def _root_spec(python: str) -> list:
-    """What the sandbox's root contains: the system dirs (symlinks kept as symlinks) + the interpreter's."""
+# Run by the sandbox's interpreter: what it needs from the host (printed as JSON). Importing every extension
+# module maps every shared library one of them needs; the symlinks that name those libraries (sonames) and
+# the ELF interpreter come along so the dynamic loader finds them in the image.
+_PROBE = r"""
+import importlib, json, os, struct, sys, zoneinfo
+std = os.path.dirname(os.__file__)
+for d in sys.path:
+    if os.path.isdir(d) and d.startswith(std + "/"):
+        for name in os.listdir(d):
+            if name.endswith(".so"):
+                try:
+                    importlib.import_module(name.split(".")[0])
+                except BaseException:
+                    pass
+maps = [line.split(None, 5) for line in open("/proc/self/maps")]
+libs = {m[5].strip() for m in maps if len(m) == 6 and m[5].startswith("/")}
+libs = {p for p in libs if os.path.isfile(p) and not p.startswith(std + "/")}
+links = set()
+for d in {os.path.dirname(p) for p in libs}:
+    for e in os.scandir(d):
+        if e.is_symlink() and os.path.realpath(e.path) in libs:
+            links.add(e.path)
+with open(sys.executable, "rb") as f:
+    elf = f.read(1 << 16)
+phoff, = struct.unpack_from("<Q", elf, 0x20)
+size, num = struct.unpack_from("<HH", elf, 0x36)
+for i in range(num):
+    kind, = struct.unpack_from("<I", elf, phoff + i * size)
+    if kind == 3:  # PT_INTERP
+        off, = struct.unpack_from("<Q", elf, phoff + i * size + 8)
+        n, = struct.unpack_from("<Q", elf, phoff + i * size + 32)
+        links.add(elf[off:off + n].rstrip(b"\0").decode())
+data = [p for p in [*zoneinfo.TZPATH, "/usr/lib/locale"] if os.path.isdir(p)]
+print(json.dumps(dict(prefixes=sorted({sys.prefix, sys.base_prefix}), std=std,
+                      files=sorted(libs | links | {sys.executable}), data=data)))
+"""
+STDLIB_SKIP = ("site-packages", "dist-packages", "test", "config-*", "__phello__", "idlelib")
+
+
+@functools.lru_cache(maxsize=8)
+def _host_files(python: str) -> dict:
+    """What the sandbox's interpreter reads from the host: its prefixes, stdlib, libraries and data."""
+    import json
+
+    out = subprocess.run(
+        [python, "-I", "-S", "-c", _PROBE],
+        stdin=subprocess.DEVNULL,  # readline, imported by the probe, must not see a terminal
+        capture_output=True,
+        text=True,
+        env={},
+        timeout=60,
+    )
+    if out.returncode != 0:
+        why = out.stderr.strip()[-300:]
+        raise SandboxUnavailable(f"the sandbox interpreter {python} does not run: {why}")
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def _root_spec(files: dict) -> list:
+    """The host folders a bwrap or unisolated run sees: system dirs (symlinks kept) + the interpreter's."""
     spec, bound = [], []
     for path in ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
         if os.path.islink(path):
             spec.append(("symlink", path, os.readlink(path)))
         elif os.path.isdir(path):
-            spec.append(("bind", path, None))
+            spec.append(("bind", path, path))
             bound.append(path)
-    out = subprocess.run(
-        [python, "-I", "-S", "-c", "import sys; print(sys.prefix); print(sys.base_prefix)"],
-        capture_output=True,
-        text=True,
-        env={},
-        timeout=30,
-    )
-    if out.returncode != 0:
-        raise SandboxUnavailable(f"the sandbox interpreter {python} does not run: {out.stderr.strip()[:200]}")
-    for prefix in dict.fromkeys(os.path.realpath(p) for p in out.stdout.split()):
+    for prefix in dict.fromkeys(os.path.realpath(p) for p in files["prefixes"]):
         if not any(prefix == b or prefix.startswith(b + "/") for b in bound):
-            spec.append(("bind", prefix, None))
+            spec.append(("bind", prefix, prefix))
             bound.append(prefix)
     return spec
+
+
+def _image_spec(files: dict) -> list:
+    """(host path, names to skip) copied into the direct backend's image: the run sees nothing else."""
+    tops = [p for p in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32") if os.path.islink(p)]
+    return (
+        [(p, None) for p in tops]
+        + [(p, []) for p in files["files"] + files["data"]]
+        + [(files["std"], list(STDLIB_SKIP))]
+    )
 
 
 class Sandbox:
@@ -168,7 +253,8 @@ class Sandbox:
         self._slots: queue.Queue = queue.Queue()
         for i in range(self.workers):
             self._slots.put(i)
-        self._root = _root_spec(self.python)
+        self._files = _host_files(self.python)
+        self._root = _root_spec(self._files)
         self._lock = threading.Lock()
         self._ctl: socket.socket | None = None
         self._zygote: subprocess.Popen | None = None
@@ -179,12 +265,13 @@ class Sandbox:
     def _probe(self, backend: str, unsafe: bool) -> tuple[str, list]:
         """Try the strongest backend first; keep the first whose probe run passes with all its layers."""
         try:
-            self._seccomp = compile_filter().hex()
+            compile_filter()
+            have_seccomp = True
         except SeccompUnavailable as e:
             if not unsafe:
                 msg = f"{e}; install libseccomp2 and pyseccomp, or pass --unsafe-no-sandbox"
                 raise SandboxUnavailable(msg) from e
-            self._seccomp = ""
+            have_seccomp = False
         order = {"auto": ["direct", "bwrap"], "direct": ["direct"], "bwrap": ["bwrap"], "none": []}[backend]
         if unsafe:
             order.append("none")
@@ -196,6 +283,7 @@ class Sandbox:
             if name == "bwrap" and not shutil.which("bwrap"):
                 why.append("bwrap: not installed")
                 continue
+            self._seccomp = compile_filter(private_net=name != "none").hex() if have_seccomp else ""
             self.backend, self.layers = name, self._layers_for(name)
             r = self.run_script("import sys\nassert sys.flags.isolated")
             if r["status"] == "passed" and r["layers"] == self.layers:
@@ -220,6 +308,8 @@ class Sandbox:
     def _base_config(self) -> dict:
         return dict(
             backend=self.backend,
+            image=_image_spec(self._files) if self.backend == "direct" else None,
+            stage="/tmp",
             memory_mb=self.memory_mb,
             cpu_s=int(self.timeout) + 1,
             fsize=self.fsize,
@@ -360,18 +450,21 @@ class Sandbox:
         if run.received > MAX_RESULT_BYTES:
             run.violation, run.res_open = "result stream too large", False
             return
-        while len(run.buf) >= 4:
+        while len(run.buf) >= 4 and not run.violation:
             n = int.from_bytes(run.buf[:4], "big")
-            if n > launcher.MAX_MESSAGE:
+            if n > run.frame_cap:
                 run.violation, run.res_open = "oversized message", False
                 return
             if len(run.buf) < 4 + n:
                 return
+            if len(run.messages) >= run.allowed:  # only what was asked for is ever parsed
+                run.violation, run.res_open = "unexpected message", False
+                return
             body, run.buf = bytes(run.buf[4 : 4 + n]), run.buf[4 + n :]
             try:
                 run.messages.append(launcher.decode(body))
-            except Exception:  # noqa: BLE001 - SyntaxError, ValueError, RecursionError, MemoryError
-                run.violation = "unparsable message"
+            except Exception:  # noqa: BLE001 - ValueError, RecursionError, MemoryError
+                run.violation, run.res_open = "unparsable message", False
 
     def _take_status_bytes(self, run: _Run, chunk: bytes) -> None:
         if not chunk:
@@ -419,8 +512,9 @@ class Sandbox:
                 chunk = os.read(fd, 1 << 16)
                 self._take_result_bytes(run, chunk) if fd == run.res else self._take_status_bytes(run, chunk)
 
-    def _process_status(self, run: _Run, first) -> tuple[str, str]:
-        """Status of a run that did not pass, from trusted facts first, then the sample's own message."""
+    def _process_status(self, run: _Run, label) -> tuple[str, str]:
+        """Status of a run that did not pass, from trusted facts first; the sample's own ("exc", name, text)
+        label only picks among failure words and is quoted as data in the detail."""
         if run.error:
             return "sandbox_error", run.error
         if run.violation:
@@ -442,18 +536,23 @@ class Sandbox:
             if sig == signal.SIGXFSZ:
                 return "failed:output_limit", "output or file size limit"
             return "crash", f"killed by {name}"
-        if _is_exc(first):
-            name = _safe_name(first[1])
-            detail = f"{name}: {first[2] if type(first[2]) is str else ''}"[:500]
-            return ("memory" if name == "MemoryError" else f"failed:{name}"), detail
-        return "failed:exit", f"exited with code {os.WEXITSTATUS(ws)} before finishing"
+        code = os.WEXITSTATUS(ws)
+        if _is_exc(label):
+            name, reason = _reason(label[1])
+            text = label[2] if type(label[2]) is str else ""
+            return reason, f"exit code {code}; the sample reported {name!r}: {_quote(text)}"[:500]
+        if code == 0:
+            return "failed:exit", "exited 0 without the interpreter's normal shutdown (os._exit)"
+        return "failed:exit", f"exit code {code}"
 
     def _acquire(self) -> int:
         return self._slots.get()
 
     def _result(self, run: _Run, status: str, detail: str, stdout: str, stderr: str) -> dict:
+        ws = run.wait_status
         return {
             "status": status,
+            "exit_code": os.WEXITSTATUS(ws) if ws is not None and os.WIFEXITED(ws) else None,
             "duration": round(time.monotonic() - run.started, 4),
             "stdout": stdout,
             "stderr": stderr,
@@ -464,29 +563,31 @@ class Sandbox:
     # -- script mode --------------------------------------------------------------------------------------
 
     def run_script(self, code: str) -> dict:
-        """Run a program; passed only if it returns normally (no SystemExit/os._exit/signal/exception)."""
+        """Run a program; passed exactly when the process, run as `python3 FILE` runs it, exits 0 after the
+        interpreter's normal shutdown (threads joined, atexit hooks run), as the trusted pid 1 saw it."""
         slot = self._acquire()
         try:
             run = self._start("script", code, slot)
+            run.allowed, run.frame_cap = 2, SCRIPT_FRAME  # at most a failure label, then the shutdown marker
             nonce = secrets.token_hex(16)
             try:
                 os.write(run.req, launcher.encode(nonce))  # 40 bytes: always fits an empty pipe
             except OSError:
                 pass  # the launcher died before reading; the status will say why
-            self._pump(run, lambda: not run.res_open and not run.status_open)
+            self._pump(run, lambda: run.violation or not (run.res_open or run.status_open))
             stdout, stderr = self._finish(run)
         finally:
             self._slots.put(slot)
-        first = run.messages[0] if run.messages else None
-        if first is not None and first != ("done", nonce) and not _is_exc(first):
+        labels = [m for m in run.messages if _is_exc(m)]
+        if any(m != ("done", nonce) and not _is_exc(m) for m in run.messages):
             run.violation = run.violation or "unexpected message"
         ok = (
-            first == ("done", nonce)
+            run.wait_status == 0
+            and ("done", nonce) in run.messages
             and not (run.error or run.timed_out or run.violation)
-            and run.wait_status == 0
             and run.layers == self.layers
         )
-        status, detail = ("passed", "") if ok else self._process_status(run, first)
+        status, detail = ("passed", "") if ok else self._process_status(run, labels[0] if labels else None)
         return self._result(run, status, detail, stdout, stderr)
 
     def run_scripts(self, codes: list[str], progress: bool = False) -> list[dict]:
@@ -538,7 +639,8 @@ class Sandbox:
             pass
         except CandidateError as e:
             if candidate.fault is None:
-                return ("memory" if e.name == "MemoryError" else f"failed:{e.name}"), str(e)[:500]
+                name, reason = _reason(e.name)
+                return reason, f"the candidate raised {name!r}: {_quote(e.message)}"[:500]
         except AssertionError as e:
             if candidate.fault is None:
                 return "failed:assertion", str(e)[:500]
@@ -595,6 +697,7 @@ class _Candidate:
                 self.fault = "died"
                 raise _Fault(self.fault) from None
         n = len(run.messages)
+        run.allowed = n + 1
         self._sb._pump(run, lambda: len(run.messages) > n or not run.res_open or run.violation)
         if run.timed_out or run.violation or len(run.messages) <= n:
             self.fault = "timeout" if run.timed_out else (run.violation or "died")
@@ -603,6 +706,6 @@ class _Candidate:
         if type(reply) is tuple and len(reply) == 2 and reply[0] == "ok":
             return reply[1]
         if _is_exc(reply):
-            raise CandidateError(_safe_name(reply[1]), reply[2] if type(reply[2]) is str else "")
+            raise CandidateError(_reason(reply[1])[0], reply[2] if type(reply[2]) is str else "")
         run.violation = self.fault = "malformed reply"
         raise _Fault(self.fault)

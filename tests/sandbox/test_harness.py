@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -17,7 +18,18 @@ from sandbox.launcher import decode, encode
 ROOT_ONLY = pytest.mark.skipif(
     os.geteuid() != 0, reason="namespaces and the uid drop need root (CI runs as root)"
 )
-ALL_LAYERS = ["rlimits", "netns", "mountns", "pidns", "ipcns", "utsns", "uid", "no_new_privs", "seccomp"]
+ALL_LAYERS = [
+    "rlimits",
+    "netns",
+    "mountns",
+    "pidns",
+    "ipcns",
+    "utsns",
+    "image",
+    "uid",
+    "no_new_privs",
+    "seccomp",
+]
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +56,29 @@ def test_decode_accepts_literals_only():
         decode(b"__import__('os').system('id')")
 
 
+COLLIDING = [["I", hex(i * (2**61 - 1))] for i in range(1, 25000)]  # ints that all hash to 0
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        ["S", *COLLIDING],  # a set that is quadratic to build
+        ["D", *(x for pair in zip(COLLIDING, range(len(COLLIDING))) for x in pair)],
+        ["L", *COLLIDING],  # a list a test could pass to set()
+        ["L", *(["S"] for _ in range(170000))],  # 1 MiB of empty sets: more values than allowed
+        "[" * 300000,  # nesting deeper than any parser's stack
+    ],
+    ids=["colliding_set", "colliding_dict", "colliding_list", "empty_sets", "deep_nesting"],
+)
+def test_decode_refuses_hostile_messages_in_bounded_time(hostile):
+    body = (hostile if type(hostile) is str else json.dumps(hostile, separators=(",", ":"))).encode()
+    assert len(body) <= 1 << 20
+    t0 = time.perf_counter()
+    with pytest.raises((ValueError, RecursionError)):
+        decode(body)
+    assert time.perf_counter() - t0 < 1.0
+
+
 @ROOT_ONLY
 def test_probe_reports_every_layer_as_root(sb):
     assert sb.backend == "direct"
@@ -59,7 +94,8 @@ def test_script_that_returns_passes_with_its_output(sb):
     "code, status",
     [
         ("raise ValueError('no')", "failed:ValueError"),
-        ("import sys\nsys.exit(0)", "failed:SystemExit"),
+        ("import sys\nsys.exit(0)", "passed"),  # as plain python3: exit status 0 after normal shutdown
+        ("import sys\nsys.exit(3)", "failed:exit"),
         ("import os\nos._exit(0)", "failed:exit"),
         ("def f(:\n", "failed:SyntaxError"),
         ("x = bytearray(1 << 40)", "memory"),
@@ -68,6 +104,12 @@ def test_script_that_returns_passes_with_its_output(sb):
 )
 def test_script_verdicts(sb, code, status):
     assert sb.run_script(code)["status"] == status
+
+
+def test_the_result_carries_the_exit_status_pid_1_saw(sb):
+    assert sb.run_script("import sys\nsys.exit(3)")["exit_code"] == 3
+    assert sb.run_script("print(1)")["exit_code"] == 0
+    assert sb.run_script("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")["exit_code"] is None
 
 
 def test_timeout_is_enforced_on_the_wall_clock(sb):
