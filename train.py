@@ -217,11 +217,13 @@ class Recipe:
             return
         val = validation_loss(self.raw_model, self.val_batches, self.cfg.eval_batches, self.amp, self.device)
         progress.validation(self.step, val)
-        model = fsdp.gather_model(self.raw_model, self.cfg) if self.sharded else self.raw_model
+        model, amp = self.raw_model, self.amp
+        if self.sharded:  # the whole model, gathered on rank 0's CPU (every rank takes part)
+            model, amp = fsdp.gathered_for_sampling(self.raw_model, self.cfg, self.dtype)
         if self.master:  # the first validation example's prompt, completed by the model as it is now
             first = self.val_set.records(0)
             prompt = format_prompt(first["docstring"], first.get("func_name"), self.cfg.prompt_format)
-            sample = sample_text(model, prompt, self.amp)
+            sample = sample_text(model, prompt, amp)
             self.log(f"step {self.step}: val loss {val:.4f}\n--- sample ---\n{prompt}{sample}\n---")
 
     def save(self) -> None:

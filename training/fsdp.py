@@ -104,6 +104,12 @@ def gather_model(model: GPT, cfg) -> GPT | None:
     return plain.train(model.training)
 
 
+def gathered_for_sampling(model: GPT, cfg, dtype: torch.dtype) -> tuple[GPT | None, torch.autocast]:
+    """gather_model, and the autocast its CPU copy samples under (train.py's own is the device's, and LoRA's
+    frozen weights may be bf16)."""
+    return gather_model(model, cfg), torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32)
+
+
 def _by_index(osd: dict) -> dict:
     """get_optimizer_state_dict's layout (keys are parameter names) -> optimizer.state_dict()'s (keys are
     positions in param_groups order), the one checkpoint.py saves for a single process."""

@@ -18,12 +18,7 @@ import torch
 import runs
 from cli import UsageError
 from profiler.fsdp import (
-    estimate_sharded,
-    format_sharded,
-    per_rank_peak,
     sharded_bytes,
-    slice_rows,
-    unsharded,
 )
 from tests.test_train import TINY, schedule, write_corpus
 from training import fsdp
@@ -172,13 +167,6 @@ def test_a_killed_sharded_run_resumes_with_the_same_losses_and_weights(tmp_path)
 
 
 # ------------------------------------------------------------------------------------ in one process
-def test_slices_follow_torch_chunk_with_padding_on_the_last_ranks():
-    assert [slice_rows(50257, 4, r) for r in range(4)] == [(12565, 12565)] * 3 + [(12562, 12565)]
-    assert slice_rows(3, 4, 3) == (0, 1)  # fewer rows than ranks: an empty, padded slice
-    for d0, world in ((50257, 2), (7, 3), (1024, 8)):
-        assert sum(slice_rows(d0, world, r)[0] for r in range(world)) == d0
-
-
 def test_optimizer_state_round_trips_between_names_and_positions():
     """The gathered state (keyed by parameter name) is saved as a single process keys it (positions in
     param_groups order), and read back to names for the sharded optimizer."""
@@ -210,22 +198,3 @@ def test_sharding_says_in_one_sentence_why_it_cannot_run(overrides, distributed,
     with pytest.raises(UsageError, match=message):
         fsdp.check(replace(TrainConfig(), **overrides), distributed, dtype)
     fsdp.check(replace(TrainConfig(), dry_run=True, shard="fsdp", world=4), False, torch.float32)  # fine
-
-
-def test_dry_run_answers_how_many_gpus_of_what_size():
-    """gpt2-xl full fine-tuning in bf16: the per-rank bytes fall with the ranks (weights, gradients and
-    AdamW state divided, activations not), and the table names the fewest ranks per GPU size."""
-    cfg = TrainConfig(model="gpt2-xl", lora_rank=0, init="random", batch_size=4, dtype="bf16", device="cuda",
-                      shard="fsdp", dry_run=True)  # fmt: skip
-    base = unsharded(cfg)
-    est = {w: estimate_sharded(cfg, w, base) for w in (1, 2, 4, 8)}
-    for a, b in ((1, 2), (2, 4), (4, 8)):
-        for k in ("params_trainable", "grads", "optimizer"):  # halved, give or take the padding
-            assert est[b]["components"][k] == pytest.approx(est[a]["components"][k] / 2, rel=1e-3)
-        assert est[b]["components"]["activations"] == est[a]["components"]["activations"]
-    peaks = [per_rank_peak(est[w]) for w in (1, 2, 4, 8)]
-    assert peaks == sorted(peaks, reverse=True)
-    fits = {gib: min(w for w, p in zip((1, 2, 4, 8), peaks) if p <= gib * 2**30) for gib in (16, 24)}
-    text = format_sharded(cfg, 4)
-    assert text.startswith("FSDP2 over 4 ranks, per rank (rank 0; bf16 gathers, fp32 reduce):")
-    assert f"fewest ranks per GPU size: 16 GiB: {fits[16]}, 24 GiB: {fits[24]}," in text
