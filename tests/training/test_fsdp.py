@@ -1,8 +1,9 @@
-"""training/fsdp.py and profiler/fsdp.py: FSDP2 on 2 CPU ranks (gloo) equals one process with the same global
-batch, its per-rank bytes are the profiler's prediction, and a killed sharded train.py run resumes bit for
-bit. The sharded cases run in one torchrun launch (tests/training/fsdp_worker.py): each launch pays for a
-torch import per rank."""
+"""training/fsdp.py: FSDP2 on 2 CPU ranks (gloo) equals one process with the same global batch, its per-rank
+bytes are profiler/fsdp.py's prediction, final/ loads in transformers and PEFT, and a killed sharded
+train.py run resumes bit for bit. The sharded cases run in one torchrun launch
+(tests/training/fsdp_worker.py): each launch pays for a torch import per rank."""
 
+import contextlib
 import json
 import os
 import signal
@@ -17,9 +18,7 @@ import torch
 
 import runs
 from cli import UsageError
-from profiler.fsdp import (
-    sharded_bytes,
-)
+from profiler.fsdp import sharded_bytes
 from tests.test_train import TINY, schedule, write_corpus
 from training import fsdp
 from training.build import meta_model
@@ -88,6 +87,7 @@ def test_measured_bytes_per_rank_equal_the_prediction(sharded, case, model, over
     assert len(measured) == 2
     for rank, got in enumerate(measured):
         want = sharded_bytes(predicted_model, 2, rank)
+        assert set(got) == {"params_frozen", "params_trainable", "grads", "optimizer"}
         assert got == {k: want[k] for k in got}, rank
     if case.endswith("full"):  # rank 0 holds wte's extra row: more AdamW state; parameters are padded
         assert measured[0]["optimizer"] > measured[1]["optimizer"] and measured[0]["params_trainable"] == (
@@ -149,7 +149,8 @@ def test_a_killed_sharded_run_resumes_with_the_same_losses_and_weights(tmp_path)
         assert proc.poll() is None, "the run ended before it could be stopped"
         time.sleep(0.02)
     for pid in [proc.pid, *descendants(proc.pid)]:  # torchrun and both ranks, as a crash would
-        os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # one that ended meanwhile
+            os.kill(pid, signal.SIGKILL)
     proc.wait(timeout=60)
     stopped_at = runs.latest_checkpoint(cut)
     assert stopped_at is not None and int(stopped_at.name.split("-")[1]) < 6
