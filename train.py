@@ -4,6 +4,7 @@
     python train.py --lora-rank 0 --max-train-examples 10000 --epochs 3   # the study's full fine-tune
     python train.py --model tiny --init random --max-steps 30       # offline smoke run, seconds
     torchrun --nproc_per_node 2 train.py ...                        # DDP (gloo on CPU, nccl on GPU)
+    torchrun --nproc_per_node 4 train.py --shard fsdp ...           # FSDP2: each rank holds a quarter
 
 One optimizer step = grad_accum micro-batches per rank. The loss of the step is the sum over every target
 token of the step (all micro-batches, all ranks) divided by their count, so long and short examples weigh
@@ -31,7 +32,9 @@ import torch.distributed as dist
 from cli import UsageError, given_flags, parse_config, resolve_device, run_main
 from data.loader import Batches
 from data.prepare import DataConfig, format_prompt, prepare, why_small
+from profiler.fsdp import format_sharded
 from profiler.memory import estimate, format_estimate, profile_training_memory
+from training import fsdp
 from training.build import build_model, meta_model, resolve_init
 from training.checkpoint import (
     atomic_write_text,
@@ -98,6 +101,8 @@ class Recipe:
         cfg.lr = cfg.lr or default_lr(self.lora)
         self.dtype = train_dtype(cfg, self.device)
         self.graph = use_cuda_graph(cfg, self.device, self.dtype, self.ddp)
+        fsdp.check(cfg, self.ddp, self.dtype)
+        self.sharded = cfg.shard == "fsdp"  # FSDP2: each rank holds a slice of the weights and optimizer
         self.log(config_block(cfg))  # the full config is config.json
 
     def _setup_data(self) -> None:
@@ -143,6 +148,8 @@ class Recipe:
     def _setup_step(self) -> None:
         """The optimizer, precision, the resumed state, and the step object that runs one optimizer step."""
         cfg, device, dtype, raw = self.cfg, self.device, self.dtype, self.raw_model
+        if self.sharded:  # before the optimizer, which must hold the slices
+            fsdp.shard(raw, device, dtype)
         self.optimizer = make_optimizer(raw, cfg.lr, cfg.weight_decay)
         self.scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
         self.amp = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
@@ -151,7 +158,8 @@ class Recipe:
         self.log(f"MFU peak: {self.peak:.2f} TFLOP/s ({source})")
         if self.resume_from is not None:  # after all that draws random numbers: the RNG is the saved one
             state = (raw, self.optimizer, self.scaler, self.batches)
-            self.step = load_checkpoint(self.resume_from, *state, self.lora, device)
+            load = fsdp.load_checkpoint if self.sharded else load_checkpoint
+            self.step = load(self.resume_from, *state, self.lora, device)
             self.log(f"resumed from {self.resume_from} at step {self.step}")
         if self.master:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -160,7 +168,7 @@ class Recipe:
         if cfg.early_stopping_patience:  # a resumed run counts its evaluations so far again
             self.stopper = EarlyStopping.replay(cfg.early_stopping_patience, self.out / "metrics.jsonl")
         model = torch.compile(raw) if cfg.compile else raw  # checkpoints save raw (no _orig_mod. keys)
-        if self.ddp:
+        if self.ddp and not self.sharded:
             ids = [device.index] if device.type == "cuda" else None
             model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
         self.eager_step = TrainStep(model, self.optimizer, device, raw_model=raw, scaler=self.scaler,
@@ -209,7 +217,8 @@ class Recipe:
                 progress.step(self.step, loss, lr, grad_norm, sum(b.n_tokens for b in micro) * self.world)
                 if cfg.eval_every and self.step % cfg.eval_every == 0 or self.step == total:
                     self.evaluate(progress)
-                if self.master and cfg.save_every and self.step % cfg.save_every == 0 and self.step < total:
+                due = cfg.save_every and self.step % cfg.save_every == 0 and self.step < total
+                if due and (self.master or self.sharded):  # FSDP: every rank takes part, rank 0 writes
                     self.save()
         self.train_time = progress.elapsed
         return not self.stop
@@ -234,18 +243,22 @@ class Recipe:
             return
         val = validation_loss(self.raw_model, self.val_batches, self.cfg.eval_batches, self.amp, self.device)
         progress.validation(self.step, val)
+        model, amp = self.raw_model, self.amp
+        if self.sharded:  # the whole model, gathered on rank 0's CPU (every rank takes part)
+            model, amp = fsdp.gathered_for_sampling(self.raw_model, self.cfg, self.dtype)
         if self.master:  # the first validation example's prompt, completed by the model as it is now
             first = self.val_set.records(0)
             prompt = format_prompt(first["docstring"], first.get("func_name"), self.cfg.prompt_format)
-            sample = sample_text(self.raw_model, prompt, self.amp)
+            sample = sample_text(model, prompt, amp)
             self.log(f"step {self.step}: val loss {val:.4f}\n--- sample ---\n{prompt}{sample}\n---")
         if self.stopper is not None:
-            self._early_stopping(val)
+            self._early_stopping(val, model)
 
-    def _early_stopping(self, val: float) -> None:
-        """Count this evaluation; a new best is written to best/. Rank 0's losses decide for every rank."""
+    def _early_stopping(self, val: float, model) -> None:
+        """Count this evaluation; a new best of `model` (FSDP: the copy gathered on rank 0) is written to
+        best/. Rank 0's losses decide for every rank."""
         if self.stopper.update(self.step, val) and self.master:
-            save_final(self.out, self.raw_model, self.cfg, self.lora, name="best")
+            save_final(self.out, model, self.cfg, self.lora, name="best")
             self.log(f"step {self.step}: best validation loss so far -> {self.out}/best")
         stop = torch.tensor(float(self.stopper.should_stop), device=self.device)
         if self.ddp:
@@ -258,14 +271,19 @@ class Recipe:
 
     def save(self) -> None:
         state = (self.raw_model, self.optimizer, self.scaler, self.batches)
-        save_checkpoint(self.out, self.step, *state, self.cfg, self.lora)
+        save = fsdp.save_checkpoint if self.sharded else save_checkpoint  # FSDP: every rank, rank 0 writes
+        save(self.out, self.step, *state, self.cfg, self.lora)
 
     # ------------------------------------------------------------------------------------------- finish
     def finish(self, completed: bool) -> int:
         """The last checkpoint; then final/ (+ merged/ for LoRA), summary.json and plots. The exit code."""
+        if self.sharded:  # every rank takes part in the gathers; rank 0 goes on with the whole model
+            self.save()
+            self.raw_model = fsdp.gather_model(self.raw_model, self.cfg)
         if not self.master:
             return 0
-        self.save()
+        if not self.sharded:
+            self.save()
         if not completed:
             self.log(f"interrupted: checkpoint saved at step {self.step}; continue with --resume auto "
                      f"--out-dir {self.out}")  # fmt: skip
@@ -282,6 +300,8 @@ class Recipe:
 
     def dry_run(self) -> int:
         self.log(format_estimate(estimate(self.cfg)))
+        if self.sharded:
+            self.log(format_sharded(self.cfg, self.cfg.world or self.world))
         return 0
 
 

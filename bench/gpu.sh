@@ -3,11 +3,14 @@
 # (tests/training/test_cuda_graph.py, tests/generation/test_fixed_shape.py), bench.generate (fp32 and bf16
 # weights; ours also with one CUDA graph per decode step), bench.train in bf16 with ours eager and as one
 # CUDA graph (MFU), the corpus benchmark, train.py on CUDA packed (graph) and bucketed (--profile-memory),
-# the memory comparison with the CUDA allocator's figures, and what a new batch shape costs (bench.shapes).
+# the memory comparison with the CUDA allocator's figures, and what a new batch shape costs (bench.shapes);
+# fsdp: train.py --shard fsdp with one rank on the GPU against one CPU process, and gpt2-xl's predicted
+# per-rank bytes for 2, 4 and 8 ranks (bench/fsdp.py; not yet run on a GPU: its limit is a guess).
 # shapes-cudnn (the same with cuDNN's attention) and train-compile (torch.compile both sides) run only when
 # GPU_STEPS names them.
 # The output folder (the OUT environment variable, else bench-out/) gets gpu.log,
-# memory/memory_compare.{md,json,png}, and the train.py run's summary.json and memory.json: six files.
+# memory/memory_compare.{md,json,png}, the train.py run's summary.json and memory.json, and fsdp.json: seven
+# files.
 # Step times on an NVIDIA H100 (2026-11-26): graph-test 15 s, train-step 93 (three contenders, bf16),
 # corpus 58, train-py-pack 20, memory 53, train-py 20; generate 74 without the graph side (hence its limit
 # of 120) and bench.shapes ~25 with an earlier bench/shapes.py; train-compile did not finish its two rows
@@ -53,7 +56,7 @@ else
     graph=(--cuda-graph)  # ours also with the step captured as one CUDA graph
 fi
 
-only=",${GPU_STEPS:-graph-test,generate,train-step,corpus,train-py-pack,memory,train-py,shapes},"  # which steps run
+only=",${GPU_STEPS:-graph-test,fsdp,generate,train-step,corpus,train-py-pack,memory,train-py,shapes},"  # which steps run
 summary=()
 step() {  # step NAME SECONDS CMD...: run CMD with a time limit, its output into the log
     local name=$1 limit=$2 t0=$SECONDS rc
@@ -85,6 +88,9 @@ peft.__version__)"
 # Generation right after the GPU tests: its CUDA-graph decode rows have not been measured on a GPU yet.
 if [ "$dev" = cuda ]; then  # the graph step against the eager one (skipped without a GPU)
     step graph-test 60 "$py" -m pytest -q -p no:cacheprovider tests/training/test_cuda_graph.py tests/generation/test_fixed_shape.py
+    fsdp_dir=${TMPDIR:-/tmp}/gpu-sh-fsdp  # three run folders: only fsdp.json is copied
+    step fsdp 180 "$py" -m bench.fsdp --cache-dir "$cache" --out-dir "$fsdp_dir"
+    [ -f "$fsdp_dir/fsdp.json" ] && cp "$fsdp_dir/fsdp.json" "$dest/" 2>>"$log"
 fi
 step generate 120 "$py" -m bench.generate --device "$dev" "${gen_args[@]}" "${graph[@]}"
 step train-step 150 "$py" -m bench.train --device "$dev" "${train_args[@]}" "${graph[@]}"

@@ -1,9 +1,10 @@
 """Every command in the README's code blocks runs as written, on a tiny model, offline.
 
-Each `python ...` line of a ```bash block is run in order in one folder (so the study's evaluations find the
-runs its training lines made), with flags appended that make it small: the tiny preset, two steps, a few
-prompts, a local corpus. Appended flags override what the line sets, nothing else changes. Lines of the
-block that needs the hub (the study's) also get --init random: offline, that is the only GPT-2 there is.
+Each `python ...` line of a ```bash block (and each `torchrun ...` line, on two CPU processes) is run in
+order in one folder, so the study's evaluations find the runs its training lines made. Flags are appended
+that make each small: the tiny preset, two steps, a few prompts, a local corpus. Appended flags override what
+the line sets; nothing else changes. Lines of the block that needs the hub (the study's) also get --init
+random: offline, that is the only GPT-2 there is.
 """
 
 import os
@@ -38,10 +39,17 @@ def shrink(argv: list[str], hub: bool, corpus: Path) -> list[str] | None:
     (installing, and the test suite itself)."""
     if argv[0] == "pip" or argv[1:3] == ["-m", "pytest"]:
         return None
+    launcher = [sys.executable]
+    if argv[0] == "torchrun":  # two CPU processes (gloo) whatever the line asks: this machine's cores
+        assert argv[1] == "--nproc_per_node", argv
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+        argv = ["python", *argv[3:]]
     assert argv[0] == "python", f"a README command this test does not know how to run: {argv}"
     script, args = argv[1], argv[2:]
     random = ["--init", "random"] if hub else []
-    if script == "train.py":
+    if script == "train.py" and "--dry-run" in args:  # no weights, no training: only the data made local
+        extra = ["--data", f"jsonl:{corpus}"]
+    elif script == "train.py":
         extra = ["--model", "tiny", "--data", f"jsonl:{corpus}", "--max-len", "96", "--batch-size", "4"]
         extra += ["--max-steps", "2", "--eval-batches", "1", "--log-every", "1", *random]
     elif script == "evaluate.py" and ("--compare" in args or "--self-check" in args):
@@ -54,7 +62,7 @@ def shrink(argv: list[str], hub: bool, corpus: Path) -> list[str] | None:
         extra = ["--max-new-tokens", "8"] + ([] if "--run" in args else ["--model", "tiny", *random])
     else:
         raise AssertionError(f"a README command this test does not know how to run: {argv}")
-    return [sys.executable, str(ROOT / script), *args, *extra]
+    return [*launcher, str(ROOT / script), *args, *extra]
 
 
 @pytest.mark.slow

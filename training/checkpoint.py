@@ -27,7 +27,7 @@ from training.config import TrainConfig, default_out_dir
 # A resumed run keeps the settings in its config.json. These come from the command line instead: where and
 # how this process runs. Of the rest, only the schedule's flags may be changed on resume, by giving them.
 RUNTIME_FLAGS = ("resume", "out_dir", "device", "cuda_graph", "dry_run", "print_config", "overwrite",
-                 "config", "report_to")  # fmt: skip
+                 "config", "report_to", "world")  # fmt: skip
 SCHEDULE_FLAGS = ("max_steps", "epochs", "save_every", "eval_every", "eval_batches", "log_every",
                   "keep_checkpoints", "early_stopping_patience")  # fmt: skip
 
@@ -120,10 +120,11 @@ def set_rng_state(s: dict) -> None:
 
 
 def save_checkpoint(out: Path, step: int, model, optimizer, scaler, batches, cfg: TrainConfig,
-                    lora: LoRAConfig | None) -> Path:  # fmt: skip
+                    lora: LoRAConfig | None, extra: dict | None = None) -> Path:  # fmt: skip
     """Write checkpoints/step-N atomically: everything into a temp folder, a COMPLETE mark last, then
     rename. A crash (or a full disk) mid-write leaves only the temp folder, which resume never reads.
-    Keeps the newest --keep-checkpoints complete ones."""
+    Keeps the newest --keep-checkpoints complete ones. `extra`: more entries for state.pt (FSDP: the RNG
+    states of every rank)."""
     root = out / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final, tmp = root / f"step-{step}", root / f".tmp-step-{step}"
@@ -145,6 +146,7 @@ def save_checkpoint(out: Path, step: int, model, optimizer, scaler, batches, cfg
             "batches": batches.state_dict(),
             "rng": rng_state(),
             "config": dataclasses.asdict(cfg),
+            **(extra or {}),
         }
         torch.save(state, tmp / "state.pt")
         atomic_write_text(tmp / runs.COMPLETE_MARK, f"{step}\n")

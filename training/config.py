@@ -44,6 +44,13 @@ class SpeedOptions:
         "capture each train step as one CUDA graph (GPU, --pack): pays where steps are small, host-bound",
     )
     grad_checkpoint: bool = opt(False, "recompute each block in backward (less activation memory)")
+    shard: str = opt(
+        "none",
+        "under torchrun: none (DDP: every rank holds the whole model) or fsdp (FSDP2: parameters, gradients "
+        "and AdamW state sharded over the ranks)",
+        choices=["none", "fsdp"],
+    )
+    world: int | None = opt(None, "--dry-run --shard fsdp: the ranks to plan for (default: torchrun's, or 1)")
     peak_tflops: float | None = opt(None, "hardware peak for MFU (default: GPU table, or measured on CPU)")
 
 

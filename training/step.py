@@ -50,7 +50,8 @@ class TrainStep:
     micro-batch, then clip and one optimizer step.
 
     model is what runs forward (maybe compiled, maybe wrapped in DDP); raw_model is the module underneath,
-    whose parameters are clipped. Under DDP the gradients are all-reduced once, on the last micro-batch."""
+    whose parameters are clipped. ddp: several ranks average their gradients; DDP all-reduces them once, on
+    the last micro-batch; FSDP (training/fsdp.py) reduce-scatters them after each one."""
 
     def __init__(self, model, optimizer: torch.optim.Optimizer, device: torch.device, *, raw_model=None,
                  scaler: torch.amp.GradScaler | None = None, amp: AbstractContextManager | None = None,
@@ -60,6 +61,7 @@ class TrainStep:
         self.amp = amp if amp is not None else nullcontext()
         self.grad_clip, self.ddp = grad_clip, ddp
         self.trainable = [p for p in self.raw_model.parameters() if p.requires_grad]
+        self.sync_once = isinstance(model, torch.nn.parallel.DistributedDataParallel)
 
     def __call__(self, micro: list[Batch]) -> tuple[float, float]:
         n_targets = torch.tensor(float(sum(b.n_targets for b in micro)), device=self.device)
@@ -81,7 +83,7 @@ class TrainStep:
         step_loss = torch.zeros((), device=scale.device)
         for i, b in enumerate(inputs):
             last = i == n_micro - 1
-            with self.model.no_sync() if self.ddp and not last else nullcontext():  # all-reduce once
+            with self.model.no_sync() if self.sync_once and not last else nullcontext():  # all-reduce once
                 with self.amp:
                     loss_i = loss(self.model, b)
                 (self.scaler.scale(loss_i * scale) if self.scaler else loss_i * scale).backward()
