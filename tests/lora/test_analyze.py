@@ -3,6 +3,7 @@ slice adapters (against the explicitly formed dW), PEFT's own LoRA and DoRA adap
 weights), and full runs (W_final - W_base, a random base rebuilt from the run's seed)."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -188,10 +189,20 @@ def peft_adapter(folder, base_dir, use_dora):
     }  # Conv1D (in, out) -> (out, in)
 
 
+@pytest.fixture(scope="module")
+def peft_adapters(hf_tiny_dir, tmp_path_factory):
+    """{False: (LoRA adapter folder, PEFT's merged weights), True: the same for DoRA}, made once."""
+    folder = tmp_path_factory.mktemp("peft")
+    return {
+        dora: (folder / str(dora), peft_adapter(folder / str(dora), hf_tiny_dir, dora))
+        for dora in (False, True)
+    }
+
+
 @pytest.mark.parametrize("use_dora", [False, True])
-def test_peft_lora_and_dora_adapters_give_the_update_peft_merges(hf_tiny_dir, tmp_path, use_dora):
-    merged = peft_adapter(tmp_path / "adapter", hf_tiny_dir, use_dora)
-    run = load_run(tmp_path / "adapter", base=str(hf_tiny_dir))
+def test_peft_lora_and_dora_adapters_give_the_update_peft_merges(hf_tiny_dir, peft_adapters, use_dora):
+    folder, merged = peft_adapters[use_dora]
+    run = load_run(folder, base=str(hf_tiny_dir))
     assert run.kind == ("dora" if use_dora else "lora") and len(run.updates) == 2 * 4  # q, k, v, mlp.c_proj
     for layer in (0, 1):
         ups = {u.matrix: u for u in run.updates if u.layer == layer}
@@ -209,9 +220,9 @@ def test_peft_lora_and_dora_adapters_give_the_update_peft_merges(hf_tiny_dir, tm
 
 
 def test_a_dora_adapter_without_its_base_or_a_bare_full_checkpoint_stops_with_one_sentence(
-    hf_tiny_dir, tmp_path
+    hf_tiny_dir, peft_adapters, tmp_path
 ):
-    peft_adapter(tmp_path / "dora", hf_tiny_dir, use_dora=True)
+    shutil.copytree(peft_adapters[True][0], tmp_path / "dora")
     config = tmp_path / "dora" / "adapter_config.json"
     moved = json.loads(config.read_text()) | {"base_model_name_or_path": str(tmp_path / "moved")}
     config.write_text(json.dumps(moved))  # the base it names is gone
