@@ -104,8 +104,8 @@ def amplification(
     W: torch.Tensor, dW: SVD, r: int, draws: int, generator: torch.Generator
 ) -> dict[str, float | int]:
     """The paper's Table 7 for one matrix: |dW|_F / |U_r^T W V_r|_F with U_r, V_r the top-r singular vectors
-    of dW, beside the same ratio for r random directions (mean |U^T W V|_F over `draws` pairs) and W's own
-    top-r part |W_r|_F. A factor far above the random one: dW amplifies directions W barely uses."""
+    of dW, beside the same ratio for r random directions (mean |U^T W V|_F over `draws` pairs). A factor far
+    above the random one: dW amplifies directions W barely uses."""
     W = W.to(F64)
     r = min(r, len(dW.S))
     norm_dW = float(dW.S.norm())
@@ -116,14 +116,11 @@ def amplification(
         for _ in range(draws)
     ]
     proj_random = sum(rand) / len(rand)
-    gram = W.T @ W if m >= n else W @ W.T  # (min, min): its eigenvalues are W's sigma^2, cheaper than an SVD
-    top_W = float(torch.linalg.eigvalsh(gram)[-r:].clamp(min=0).sum().sqrt())
     return {
         "r": r,
         "norm_dW": norm_dW,
         "proj_W_on_dW": proj,
         "proj_W_on_random": proj_random,
-        "norm_W_top_r": top_W,
         "factor": norm_dW / proj if proj > 0 else math.inf,
         "factor_random": norm_dW / proj_random if proj_random > 0 else math.inf,
     }
