@@ -519,6 +519,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = AnalyzeConfig(**args)
     if cfg.max_dirs < 1 or cfg.draws < 1 or (cfg.amp_rank is not None and cfg.amp_rank < 1):
         raise UsageError("--max-dirs, --draws and --amp-rank must be positive")
+    if cfg.layers and not re.fullmatch(r"\d+(,\d+)*", cfg.layers.replace(" ", "")):
+        raise UsageError(f"--layers {cfg.layers}: pass layer numbers separated by commas, e.g. 0,5,11")
     loaded = [load_run(p, cfg.base) for p in paths]
     names = [r.name for r in loaded]
     for r in loaded:  # two runs of one name (two final/ folders called alike): keep them apart
