@@ -52,6 +52,7 @@ def shrink(argv: list[str], hub: bool, corpus: Path) -> list[str] | None:
     elif script == "train.py":
         extra = ["--model", "tiny", "--data", f"jsonl:{corpus}", "--max-len", "96", "--batch-size", "4"]
         extra += ["--max-steps", "2", "--eval-batches", "1", "--log-every", "1", *random]
+        extra += ["--overwrite"]  # two lines may share a default run folder (runs/tiny-lora8 here)
     elif script == "evaluate.py" and ("--compare" in args or "--self-check" in args):
         extra = []
     elif script == "evaluate.py":
