@@ -128,8 +128,15 @@ def _title(cls) -> str | None:
 class ModelOptions:
     """The GPT-2 architecture and its weights."""
 
-    model: str = opt("gpt2", "architecture preset: gpt2, gpt2-medium, gpt2-large, gpt2-xl, tiny")
+    model: str = opt(
+        "gpt2",
+        "architecture preset: gpt2, gpt2-medium, gpt2-large, gpt2-xl, codeparrot-small, codeparrot (GPT-2 "
+        "pretrained on Python, its own tokenizer), tiny",
+    )
     weights: str | None = opt(None, "an HF GPT-2 folder, .safetensors file or hub id (default: the preset's)")
+    tokenizer: str | None = opt(
+        None, "a tokenizer.json, its folder or a hub id (default: the weights' own, else the preset's)"
+    )
     init: str = opt(
         "pretrained", "pretrained weights, or random (same architecture; smoke runs, speed)", choices=INITS
     )

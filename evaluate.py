@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from cli import DeviceOptions, SamplingOptions, UsageError, opt, parse_config, run_main
 from data.prepare import DataConfig, prepare, prompt_and_target
-from data.tokenizer import get_tokenizer
+from data.tokenizer import Tokenizer, tokenizer_of
 from evaluation.metrics import corpus_bleu, pass_at_k, rouge_l, sentence_bleu, summarize, syntax_ok
 from evaluation.report import compare, flatten, header, plot_curves, write_csv, write_report
 from generate import STOP_SEQUENCES
@@ -184,7 +184,7 @@ def evaluate_model(net, tasks: list[Task], cfg: EvalConfig, out: Path, sandbox, 
     sfile.write_text(json.dumps(settings, indent=2))
     path = out / "samples.jsonl"
     done = read_rows(path)
-    tok, ctx = get_tokenizer(), net.config.block_size
+    tok, ctx = tokenizer_of(net), net.config.block_size
     timing = dict(generate_s=0.0, execute_s=0.0, samples=0, new_tokens=0)
     for kind in ("split", "humaneval"):
         group = [t for t in tasks if t.kind == kind]
@@ -304,14 +304,15 @@ def self_check(cfg: EvalConfig) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ main
-def split_tasks(cfg: EvalConfig, run_cfg: dict) -> list[Task]:
+def split_tasks(cfg: EvalConfig, run_cfg: dict, tok: Tokenizer | None = None) -> list[Task]:
     """The first --limit examples of the held-out split, rebuilt by data.prepare with the run's data settings
-    (the split, filters and prompt format the run was trained and validated with)."""
+    (the split, filters and prompt format the run was trained and validated with) and the model's tokenizer
+    (which decides the examples dropped as too long)."""
     names = {f.name for f in dataclasses.fields(DataConfig)}
     values = {k: v for k, v in run_cfg.items() if k in names}
     values.update({k: getattr(cfg, k) for k in ("data", "data_files", "prompt_format") if getattr(cfg, k)})
     dc = DataConfig(**values)
-    ds = prepare(dc, splits=(cfg.split,))[cfg.split]
+    ds = prepare(dc, splits=(cfg.split,), tokenizer=tok)[cfg.split]
     tasks = []
     for i in range(len(ds) if cfg.limit == 0 else min(cfg.limit, len(ds))):
         rec = ds.records(i)
@@ -382,16 +383,18 @@ def main(argv: list[str] | None = None) -> int:
     targets = [("", cfg.checkpoint, None, None)]
     if cfg.all_checkpoints:
         targets = checkpoint_targets(Path(cfg.run), checkpoints(cfg.run))
-    tasks = (split_tasks(cfg, run_cfg) if cfg.limit >= 0 else []) + (
-        humaneval_tasks(cfg.humaneval_limit) if cfg.humaneval else []
-    )
     root = default_root(cfg) / "eval" / (cfg.tag or default_tag(cfg))
     sandbox = make_sandbox(cfg)
-    print(f"evaluating {len(tasks)} prompts -> {root}; sandbox layers: {getattr(sandbox, 'layers', '?')}")
-    points = []
+    points, tasks = [], None
     for name, path, step, epoch in targets:
         target = dataclasses.replace(cfg, checkpoint=path)
         net, info = load_model_for_inference(target, device, dtype)
+        if tasks is None:  # the split's examples depend on the tokenizer, which comes with the model
+            tasks = (split_tasks(cfg, run_cfg, tokenizer_of(net)) if cfg.limit >= 0 else []) + (
+                humaneval_tasks(cfg.humaneval_limit) if cfg.humaneval else []
+            )
+            layers = getattr(sandbox, "layers", "?")
+            print(f"evaluating {len(tasks)} prompts -> {root}; sandbox layers: {layers}")
         print(header(info))
         out = root / name
         rows = evaluate_model(net, tasks, target, out, sandbox)

@@ -29,7 +29,7 @@ import torch
 
 from cli import DeviceOptions, SamplingOptions, UsageError, build_parser, opt, resolve_device, run_main
 from data.prepare import DataConfig, format_prompt
-from data.tokenizer import get_tokenizer
+from data.tokenizer import tokenizer_of
 from generation import generate_stream
 from runs import RunModelOptions, load_model_for_inference, read_config
 
@@ -105,7 +105,7 @@ def complete(
     index; the pieces of a row add up to its completion exactly. compile: as generation.generate_stream's
     (one fp32 row on a CPU through torch.compile).
     """
-    tok = get_tokenizer()
+    tok = tokenizer_of(model)  # the model's own: GPT-2's, or its checkpoint's tokenizer.json
     stops = [*stop, EOT_TEXT]  # the token ends a row; the literal text ends it too
     dev = next(model.parameters()).device
     gen = torch.Generator(device=dev).manual_seed(seed)
@@ -322,7 +322,7 @@ class Assistant:
 
     def notes(self, model_prompt: str) -> None:
         """Say when the settings cannot do what they ask (said here, instead of silently changed)."""
-        s, room = self.cfg, self.model.config.block_size - len(get_tokenizer().encode(model_prompt))
+        s, room = self.cfg, self.model.config.block_size - len(tokenizer_of(self.model).encode(model_prompt))
         if 0 < room < s.max_new_tokens:  # generate_stream stops at the context limit
             print(
                 f"note: the model's context leaves room for {room} new tokens, not {s.max_new_tokens}",

@@ -9,7 +9,7 @@ runs/NAME/config.json           the resolved TrainConfig
           plots/                loss.png, throughput.png, memory.png
 
 evaluate.py and generate.py name the model to load with RunModelOptions (--run, --checkpoint, --adapter
-and ModelOptions' --model, --weights, --init) and load it with load_model_for_inference.
+and ModelOptions' --model, --weights, --tokenizer, --init) and load it with load_model_for_inference.
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ from pathlib import Path
 import torch
 
 from cli import ModelOptions, UsageError, opt
+from data.tokenizer import TOKENIZER_JSON, load_tokenizer, tokenizer_of
 from lora.lora import merge_and_unload
 from lora.peft_io import load_adapter
 from model.gpt2 import GPT, config_for
-from model.hf import load_pretrained
+from model.hf import find_tokenizer, load_pretrained, preset_tokenizer
 from model.kernels import use_fast_kernels
 
 CKPT_RE = re.compile(r"^step-(\d+)$")
@@ -72,6 +73,8 @@ class RunModelOptions(ModelOptions):
             raise UsageError("--run brings its own weights; pass --run or --weights, not both")
         if self.run and self.init == "random":
             raise UsageError("--run brings its own weights; drop --init random")
+        if self.run and self.tokenizer:
+            raise UsageError("--run brings its own tokenizer (saved with its weights); drop --tokenizer")
         if self.weights and self.init == "random":
             raise UsageError("--weights and --init random exclude each other; pass one")
         if self.checkpoint and not self.run:
@@ -87,6 +90,8 @@ def load_model_for_inference(opts: RunModelOptions, device: torch.device, dtype:
     opts.run: a train.py run folder (its final/ weights, or opts.checkpoint: a step-N folder, by path or
     name); opts.weights: an HF GPT-2 folder/file/hub id; opts.adapter: a PEFT adapter folder applied on top
     (merged); opts.init "random": the opts.model preset with random weights (info["random_init"] is True).
+    The model's tokenizer (model.tokenizer, data/tokenizer.py) comes with its weights: the tokenizer.json
+    saved beside them, the preset's for random weights, or opts.tokenizer; info["tokenizer"] names it.
     """
     info = {"random_init": False, "prompt_format": None, "source": None, "lora_rank": 0}
     run, checkpoint, adapter = opts.run, opts.checkpoint, opts.adapter
@@ -99,11 +104,15 @@ def load_model_for_inference(opts: RunModelOptions, device: torch.device, dtype:
             raise UsageError(f"{src} does not exist; the run has not finished (pass --checkpoint step-N)")
         if info["lora_rank"] > 0:  # the base the run started from, then its adapter
             # A random-init run saved its random base as base/, so its adapter has something to apply to.
-            base_src = str(Path(run) / "base") if cfg.get("init") == "random" else cfg["weights"]
+            base_src = (
+                str(Path(run) / "base") if cfg.get("init") == "random" else cfg["weights"] or cfg["model"]
+            )
             base = load_pretrained(base_src, device=device, dtype=dtype)
             info["random_init"] = cfg.get("init") == "random"
             load_adapter(base, src)
             net = merge_and_unload(base)
+            if (src / TOKENIZER_JSON).is_file():  # the run's own (saved with the adapter) over the base's
+                net.tokenizer = load_tokenizer(src)
         else:
             net = load_pretrained(str(src), device=device, dtype=dtype)
             info["random_init"] = cfg.get("init") == "random"
@@ -114,7 +123,11 @@ def load_model_for_inference(opts: RunModelOptions, device: torch.device, dtype:
     else:
         torch.manual_seed(0)
         net = GPT(config_for(opts.model)).to(device=device, dtype=dtype)
+        net.tokenizer = None if opts.tokenizer else preset_tokenizer(opts.model)  # None: GPT-2's
         info.update(random_init=True, source=f"random {opts.model}")
+    if opts.tokenizer is not None:  # --tokenizer: over the one that came with the weights
+        net.tokenizer = find_tokenizer(opts.tokenizer)
+    info["tokenizer"] = tokenizer_of(net).name  # a tokenizer too big for the vocabulary stops here
     if adapter is not None:
         load_adapter(net, adapter)
         merge_and_unload(net)

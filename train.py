@@ -35,7 +35,7 @@ from data.prepare import DataConfig, format_prompt, prepare, why_small
 from profiler.fsdp import format_sharded
 from profiler.memory import estimate, format_estimate, profile_training_memory
 from training import fsdp
-from training.build import build_model, meta_model, resolve_init
+from training.build import build_model, meta_model, resolve_init, resolve_tokenizer
 from training.checkpoint import (
     atomic_write_text,
     check_out_dir,
@@ -108,7 +108,8 @@ class Recipe:
     def _setup_data(self) -> None:
         cfg = self.cfg
         data_cfg = DataConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(DataConfig)})
-        datasets = prepare(data_cfg, splits=("train", "validation"), log=self.log)
+        self.tokenizer = resolve_tokenizer(cfg)  # the model's: its ids are the data's
+        datasets = prepare(data_cfg, splits=("train", "validation"), log=self.log, tokenizer=self.tokenizer)
         self.train_set, self.val_set = datasets["train"], datasets["validation"]
         one_batch = cfg.batch_size * self.world
         if len(self.val_set) < one_batch:  # the run goes on, but says why val_loss is missing or noisy
@@ -139,7 +140,7 @@ class Recipe:
             if self.master and self.wipe:
                 shutil.rmtree(self.out)
             base_to = self.out if self.master and cfg.init == "random" else None
-            self.raw_model = build_model(cfg, self.device, self.dtype, self.log, base_to)
+            self.raw_model = build_model(cfg, self.device, self.dtype, self.log, base_to, self.tokenizer)
         n_train = sum(p.numel() for p in self.raw_model.parameters() if p.requires_grad)
         n_all = sum(p.numel() for p in self.raw_model.parameters())
         pct = 100 * n_train / n_all

@@ -52,6 +52,8 @@ class Batches:
             drop_last,
         )
         self.inputs = np.maximum(np.asarray(ds.lengths, dtype=np.int64) - 1, 0)  # input positions per example
+        # pads: the tokenizer's <|endoftext|> (any id would do: a pad has no loss, no token attends to it)
+        self.pad = int(getattr(ds, "eot", EOT))
         self.epoch, self.position = 0, 0
         self._plan_cache: tuple[int, list] | None = None
 
@@ -136,7 +138,7 @@ class Batches:
         rows = unit if self.pack else [[i] for i in unit]
         T = max(int(sum(self.inputs[i] for i in row)) for row in rows)
         B = len(rows)
-        idx = np.full((B, T), EOT, dtype=np.int64)
+        idx = np.full((B, T), self.pad, dtype=np.int64)
         targets = np.full((B, T), IGNORE, dtype=np.int64)
         real = np.zeros((B, T), dtype=bool)  # not padding
         pos = np.zeros((B, T), dtype=np.int64)

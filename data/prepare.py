@@ -11,9 +11,11 @@ Prompt formats (the prompt carries no loss unless --train-on-prompt; the target 
     docstring  prompt  def f(x):<NL>    <3 quotes>{docstring}<3 quotes><NL>
                target      return x<NL>                             (HumanEval's prompt shape)
 
-Cache, one folder per hash of (source, filters, format, tokenizer, max length) under --cache-dir:
-    meta.json                      config, source, counts, stats; written last, so its presence = complete
-    {split}/tokens.u16             every example's ids back to back (uint16 memmap; GPT-2's vocab < 65536)
+Cache, one folder per hash of (source, filters, format, tokenizer, max length) under --cache-dir; the
+tokenizer is the model's (GPT-2's, or a checkpoint's own tokenizer.json: data/tokenizer.py), named by the
+digest of its ids:
+    meta.json                      config, source, tokenizer, counts, stats; written last (present = complete)
+    {split}/tokens.u16             every example's ids back to back (uint16 memmap: vocabularies < 65536)
     {split}/index.npz              offsets (n+1,) int64 into tokens; target_start (n,) int32
     {split}/records.jsonl, .idx    the source record of each example (for evaluation prompts), and offsets
 
@@ -43,7 +45,7 @@ import numpy as np
 
 from cli import UsageError, opt, parse_config, run_main
 from data import sources
-from data.tokenizer import EOT, RANKS_SHA256, get_tokenizer
+from data.tokenizer import EOT, Tokenizer, get_tokenizer, load_tokenizer
 
 CACHE_VERSION = 1  # bump when the cache layout or example construction changes
 FORMATS = ("study", "docstring")
@@ -118,10 +120,12 @@ def record_prompt(rec: dict, fmt: str) -> str:
 # ---------------------------------------------------------------- the token cache
 class TokenDataset:
     """One split of a token cache. `example(i)` -> (ids (L,) int64, loss_mask (L,) bool), where loss_mask[j]
-    says token j is a target: its prediction from tokens < j counts (prompt False, code and EOT True)."""
+    says token j is a target: its prediction from tokens < j counts (prompt False, code and EOT True). `eot`:
+    the tokenizer's end-of-text id, which ends every example."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, eot: int = EOT):
         self.path = Path(path)
+        self.eot = eot
         index = np.load(self.path / "index.npz")
         self.offsets, self.target_start = index["offsets"], index["target_start"]
         self.lengths = np.diff(self.offsets)  # (n,) tokens per example
@@ -275,11 +279,11 @@ def resolve_source(cfg: DataConfig, log: Callable = print) -> Source:
     raise UsageError(f"--data {cfg.data} is not one of auto, codexglue, pysrc, jsonl:PATH")
 
 
-def cache_key(cfg: DataConfig, src: Source) -> str:
+def cache_key(cfg: DataConfig, src: Source, tok: Tokenizer) -> str:
     key = dict(
         version=CACHE_VERSION, miner=sources.MINER_VERSION, source=src.kind, identity=src.identity,
         fmt=cfg.prompt_format, train_on_prompt=cfg.train_on_prompt, max_len=cfg.max_len,
-        max_train=cfg.max_train_examples, tokenizer=RANKS_SHA256,
+        max_train=cfg.max_train_examples, tokenizer=tok.digest,  # GPT-2's: the vendored file's sha256
     )  # fmt: skip
     return f"{src.kind}-" + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -379,8 +383,8 @@ def encode_all(tok, texts: list[str], chunk: int = 512) -> list[list[int]]:
         return [ids for part in pool.map(lambda p: [tok.encode(t) for t in p], parts) for ids in part]
 
 
-def build(cfg: DataConfig, src: Source, out: Path, log: Callable) -> dict:
-    """Load, guard, tokenize and write every split of the cache into `out` (atomically)."""
+def build(cfg: DataConfig, src: Source, out: Path, log: Callable, tok: Tokenizer) -> dict:
+    """Load, guard, tokenize with `tok` and write every split of the cache into `out` (atomically)."""
     t0 = time.perf_counter()
     records, skipped = load_records(src, cfg, log)
     t_load = time.perf_counter() - t0
@@ -394,7 +398,6 @@ def build(cfg: DataConfig, src: Source, out: Path, log: Callable) -> dict:
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    tok = get_tokenizer()
     t1 = time.perf_counter()
     stats, dropped = {}, {}
     for split, recs in by_split.items():
@@ -407,7 +410,7 @@ def build(cfg: DataConfig, src: Source, out: Path, log: Callable) -> dict:
             targets = encode_all(tok, [p[1] for _, p in pairs])
             examples = []
             for (r, _), p_ids, t_ids in zip(pairs, prompts, targets):
-                ids = p_ids + t_ids + [EOT]
+                ids = p_ids + t_ids + [tok.eot]
                 if len(ids) > cfg.max_len:
                     drop["too_long"] += 1
                     continue
@@ -418,6 +421,7 @@ def build(cfg: DataConfig, src: Source, out: Path, log: Callable) -> dict:
     n_tok = sum(s["tokens"] for s in stats.values())
     meta = dict(
         config=dataclasses.asdict(cfg), source=src.label, skipped=+skipped, leakage=+leaks, dropped=dropped,
+        tokenizer=dict(name=tok.name, digest=tok.digest, eot=tok.eot, vocab_size=tok.vocab_size),
         stats=stats, seconds=dict(load=round(t_load, 2), tokenize=round(t_tok, 2)),
         tokens_per_sec=round(n_tok / max(t_tok, 1e-9)),
     )  # fmt: skip
@@ -473,26 +477,35 @@ def why_small(ds: TokenDataset, cfg: DataConfig) -> str:
 
 
 def prepare(
-    cfg: DataConfig, splits=("train", "validation"), log: Callable = print
+    cfg: DataConfig, splits=("train", "validation"), log: Callable = print, tokenizer: Tokenizer | None = None
 ) -> dict[str, TokenDataset]:
-    """The token cache for cfg (built on first use), as one TokenDataset per requested split."""
+    """The token cache for cfg and the model's tokenizer (GPT-2's when None), built on first use, as one
+    TokenDataset per requested split."""
+    tok = tokenizer or get_tokenizer()
     if cfg.prompt_format not in FORMATS:
         raise UsageError(f"--prompt-format {cfg.prompt_format} is not one of {', '.join(FORMATS)}")
     if not 8 <= cfg.max_len <= 65536:
         raise UsageError(f"--max-len {cfg.max_len} must be between 8 and 65536 tokens")
     if cfg.max_train_examples is not None and cfg.max_train_examples < 1:
         raise UsageError(f"--max-train-examples {cfg.max_train_examples} must be at least 1")
+    if tok.vocab_size > 65536:
+        raise UsageError(
+            f"the tokenizer {tok.name} has {tok.vocab_size:,} ids; the token cache stores ids as uint16 "
+            "(at most 65,536)"
+        )
     bad = [s for s in splits if s not in sources.SPLITS]
     if bad:
         raise UsageError(f"unknown split {bad[0]!r}; choose from {', '.join(sources.SPLITS)}")
     src = resolve_source(cfg, log)
-    out = Path(cfg.cache_dir) / cache_key(cfg, src)
+    if tok.name != "gpt2":
+        log(f"data: tokenizer {tok.name}: {tok.vocab_size:,} ids, <|endoftext|> = {tok.eot}")
+    out = Path(cfg.cache_dir) / cache_key(cfg, src, tok)
     if (out / "meta.json").is_file():
         meta = json.loads((out / "meta.json").read_text())
         log(f"data: {src.label}: cache hit {out}")
     else:
         log(f"data: {src.label}: building {out}")
-        meta = build(cfg, src, out, log)
+        meta = build(cfg, src, out, log, tok)
         n_tok = sum(s["tokens"] for s in meta["stats"].values())
         log(
             f"data: built in {sum(meta['seconds'].values()):.1f} s (load {meta['seconds']['load']} s, "
@@ -500,7 +513,8 @@ def prepare(
             f"{meta['tokens_per_sec']:,} tokens/s)"
         )
     report(meta, log)
-    return {s: TokenDataset(out / s) for s in splits}
+    eot = meta.get("tokenizer", {}).get("eot", EOT)  # caches built before meta named it: GPT-2's
+    return {s: TokenDataset(out / s, eot) for s in splits}
 
 
 # ---------------------------------------------------------------- CLI
@@ -508,14 +522,18 @@ def prepare(
 class PrepareConfig(DataConfig):
     splits: str = field(default="train,validation,test", metadata={"help": "splits to report on"})
     show: int = field(default=1, metadata={"help": "print this many training examples (prompt | target)"})
+    tokenizer: str | None = field(
+        default=None,
+        metadata={"help": "a tokenizer.json (file or folder) to tokenize with (default GPT-2's)"},
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(PrepareConfig, argv, description="Build (or find) the token cache for a data source.")
     data_cfg = DataConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(DataConfig)})
-    out = prepare(data_cfg, splits=tuple(_split_list(cfg.splits)))
+    tok = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else get_tokenizer()
+    out = prepare(data_cfg, splits=tuple(_split_list(cfg.splits)), tokenizer=tok)
     ds = out.get("train") or next(iter(out.values()))
-    tok = get_tokenizer()
     for i in range(min(cfg.show, len(ds))):
         ids, mask = ds.example(i)
         start = int(np.argmax(mask))

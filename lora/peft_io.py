@@ -32,6 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from cli import UsageError
+from data.tokenizer import save_tokenizer
 from lora.config import LoRAConfig, LoRAConfigError
 from lora.lora import add_lora, lora_layers, trainable_report
 from model.gpt2 import GPT
@@ -96,6 +97,8 @@ def save_adapter(model: torch.nn.Module, folder: str | Path, base_model_name_or_
     os.replace(tmp, folder / WEIGHTS)
     (folder / f".{CONFIG}.tmp").write_text(json.dumps(config, indent=2) + "\n")
     os.replace(folder / f".{CONFIG}.tmp", folder / CONFIG)
+    if getattr(model, "tokenizer", None) is not None:  # the base's own tokenizer, as PEFT users keep it
+        save_tokenizer(model.tokenizer, folder)
 
 
 def _patterns(values: dict[str, float], default: float) -> dict[str, float]:
@@ -280,4 +283,5 @@ def export_merged(model: GPT, folder: str | Path) -> None:
         plain = GPT(model.config)
     plain.load_state_dict(merged_state_dict(model), assign=True)
     plain.lm_head.weight = plain.transformer.wte.weight
+    plain.tokenizer = getattr(model, "tokenizer", None)  # its files are copied beside the weights
     save_pretrained(plain, folder)

@@ -1,7 +1,8 @@
 """GPT-2 in plain PyTorch: the config and its presets, the modules under GPT-2's own names, and a forward
 pass whose loss projects to the vocabulary only where a target exists.
 
-Shapes: B batch, T time (sequence), C n_embd, nh n_head, hs head size (C // nh), V vocab, N target tokens.
+Shapes: B batch, T time (sequence), C n_embd, nh n_head, hs head size (C // nh), H the MLP's width (4C in
+GPT-2), V vocab, N target tokens.
 Module names are GPT-2's (`wte`, `h.N.attn.c_attn`, ...) so Hugging Face weights load by copy plus a
 transpose of the four Conv1D weights (model/hf.py); `lm_head` shares its weight with `wte`.
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -33,17 +35,27 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0  # GPT-2 trained with 0.1; fine-tuning usually turns it off
     layer_norm_epsilon: float = 1e-5
+    # What GPT-2-architecture checkpoints vary, under config.json's names (model/hf.py reads them):
+    n_inner: int | None = None  # the MLP's width; None = 4 * n_embd
+    activation_function: str = "gelu_new"  # the MLP's nonlinearity, a key of ACTIVATIONS
+    scale_attn_weights: bool = True  # attention scores divided by sqrt(hs)
+    scale_attn_by_inverse_layer_idx: bool = False  # ... and by the layer's number 1..n_layer (CodeParrot)
+    reorder_and_upcast_attn: bool = False  # scores and softmax in fp32: what SDPA always does (see below)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+_CODEPARROT = dict(scale_attn_by_inverse_layer_idx=True, reorder_and_upcast_attn=True)
 PRESETS = {
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M
     "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 355M
     "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
     "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
     "tiny": dict(n_layer=2, n_head=4, n_embd=32, block_size=128),  # for tests
+    # GPT-2 pretrained on Python, with its own 32,768-token BPE and Mistral's attention-stability settings
+    "codeparrot-small": dict(n_layer=12, n_head=12, n_embd=768, vocab_size=32768, **_CODEPARROT),  # 110M
+    "codeparrot": dict(n_layer=48, n_head=25, n_embd=1600, vocab_size=32768, **_CODEPARROT),  # 1.5B
 }
 
 
@@ -59,11 +71,14 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, cfg: GPTConfig, layer: int = 0):
         super().__init__()
         self.n_head, self.dropout = cfg.n_head, cfg.dropout
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)  # q|k|v fused: C -> 3C
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        # scores = q.k * scale: GPT-2's 1/sqrt(hs); CodeParrot's also / (layer + 1), so deep layers start calm
+        self.scale = (cfg.n_embd // cfg.n_head) ** -0.5 if cfg.scale_attn_weights else 1.0
+        self.scale /= (layer + 1) if cfg.scale_attn_by_inverse_layer_idx else 1
 
     def forward(self, x, mask=None, cache=None):
         B, T, C = x.shape
@@ -75,28 +90,44 @@ class CausalSelfAttention(nn.Module):
         # mask None -> plain causal (training without packing, or a prefill without padding).
         causal = mask is None and T > 1
         p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
+        # Every SDPA kernel accumulates the scores and the softmax in fp32, even under bf16/fp16 autocast:
+        # what reorder_and_upcast_attn asks of HF's attention, so that flag needs no code here.
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal, scale=self.scale
+        )
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
         return dropout(self.c_proj(y), self.dropout, self.training)
+
+
+_GELU_TANH = partial(F.gelu, approximate="tanh")  # GELU's tanh approximation
+ACTIVATIONS = {  # config.json's activation_function -> the MLP's nonlinearity
+    "gelu_new": _GELU_TANH,  # GPT-2's
+    "gelu_pytorch_tanh": _GELU_TANH,  # the same, by torch's name
+    "gelu_fast": _GELU_TANH,  # the same formula with rounded constants (< 1e-6 apart)
+    "gelu": F.gelu,  # the exact GELU (erf)
+    "relu": F.relu,
+}
 
 
 class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)  # C -> 4C
-        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)  # 4C -> C
+        hidden = cfg.n_inner or 4 * cfg.n_embd  # H: 4C in GPT-2
+        self.c_fc = nn.Linear(cfg.n_embd, hidden)  # C -> H
+        self.c_proj = nn.Linear(hidden, cfg.n_embd)  # H -> C
+        self.act = ACTIVATIONS[cfg.activation_function]
         self.dropout = cfg.dropout
 
     def forward(self, x):
-        y = self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))  # GPT-2's gelu_new
+        y = self.c_proj(self.act(self.c_fc(x)))
         return dropout(y, self.dropout, self.training)
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, cfg: GPTConfig, layer: int = 0):
         super().__init__()
         self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
-        self.attn = CausalSelfAttention(cfg)
+        self.attn = CausalSelfAttention(cfg, layer)
         self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
         self.mlp = MLP(cfg)
 
@@ -110,12 +141,13 @@ class GPT(nn.Module):
         super().__init__()
         self.config = cfg
         self.grad_checkpoint = False  # recompute each block in backward: activations ~1 tensor per block
+        self.tokenizer = None  # the checkpoint's own (model/hf.py sets it); None: GPT-2's (data/tokenizer.py)
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
                 wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
                 drop=nn.Dropout(cfg.dropout),
-                h=nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
+                h=nn.ModuleList([Block(cfg, i) for i in range(cfg.n_layer)]),
                 ln_f=nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon),
             )
         )

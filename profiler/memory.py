@@ -138,7 +138,7 @@ def _block_saves(block, B: int, T: int, x_rg: bool, pack: bool, s: Saves) -> boo
         s.batch += ln
     h_rg = _linear_saves(block.mlp.c_fc, BT, x_rg, False, s)
     if h_rg:
-        s.batch += BT * 4 * C * s.act  # gelu's input (B, T, 4C)
+        s.batch += BT * block.mlp.c_fc.weight.shape[0] * s.act  # gelu's input (B, T, H), H = 4C in GPT-2
     return _linear_saves(block.mlp.c_proj, BT, h_rg, False, s, s.act) or x_rg  # its input: gelu's output
 
 
@@ -556,7 +556,8 @@ def profile_training_memory(step: TrainStep, micro: list[Batch], cfg: TrainConfi
 # ------------------------------------------------------------------------------------ CLI
 @dataclass
 class MemoryConfig:
-    model: str = opt("gpt2", "architecture preset: gpt2, gpt2-medium, gpt2-large, gpt2-xl, tiny")
+    model: str = opt("gpt2", "architecture preset: gpt2, gpt2-medium, gpt2-large, gpt2-xl, codeparrot-small, "
+                              "codeparrot, tiny")  # fmt: skip
     lora_rank: int = opt(8, "LoRA rank r; 0 = full fine-tune")
     lora_alpha: float = opt(16.0, "LoRA alpha")
     lora_targets: str = opt("q,v", "LoRA targets, as train.py takes them")

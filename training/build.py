@@ -1,6 +1,7 @@
 """The model to train: GPT-2 with pretrained or random weights, LoRA injected per the run's LoRAConfig, the
-frozen weights' dtype chosen, the fast kernels swapped in. The profiler builds the same model on the meta
-device (no weights) to predict its memory."""
+frozen weights' dtype chosen, the fast kernels swapped in; and its tokenizer (resolve_tokenizer), which the
+data is tokenized with and which every checkpoint of the run carries. The profiler builds the same model on
+the meta device (no weights) to predict its memory."""
 
 from __future__ import annotations
 
@@ -11,17 +12,28 @@ from pathlib import Path
 import torch
 
 from cli import UsageError
+from data.tokenizer import Tokenizer, get_tokenizer, tokenizer_of
 from lora.lora import LoRALinear, inject_lora
 from model.gpt2 import GPT, config_for
-from model.hf import HUB_IDS, CheckpointError, load_pretrained, resolve, save_pretrained
+from model.hf import (
+    HUB_IDS,
+    CheckpointError,
+    find_tokenizer,
+    load_pretrained,
+    preset_tokenizer,
+    resolve,
+    save_pretrained,
+    tokenizer_for,
+)
 from model.kernels import use_fast_kernels
 from training.config import TrainConfig
 
 
 def build_model(cfg: TrainConfig, device: torch.device, dtype: torch.dtype, log: Callable = print,
-                save_base_to: Path | None = None) -> GPT:  # fmt: skip
-    """The GPT to train: LoRA per cfg.lora() (None: every weight trains). A LoRA run on random weights
-    saves them as save_base_to/base, since its adapter means nothing without them."""
+                save_base_to: Path | None = None, tokenizer: Tokenizer | None = None) -> GPT:  # fmt: skip
+    """The GPT to train: LoRA per cfg.lora() (None: every weight trains), `tokenizer` (resolve_tokenizer's)
+    as its own. A LoRA run on random weights saves them as save_base_to/base, since its adapter means
+    nothing without them."""
     lora = cfg.lora()
     if cfg.init == "random":
         torch.manual_seed(cfg.seed)
@@ -36,6 +48,9 @@ def build_model(cfg: TrainConfig, device: torch.device, dtype: torch.dtype, log:
         log(f"loaded {source}")
     if cfg.max_len > model.config.block_size:
         raise UsageError(f"--max-len {cfg.max_len} exceeds the model's context of {model.config.block_size}")
+    if tokenizer is not None:
+        model.tokenizer = tokenizer
+        tokenizer_of(model)  # one that does not fit the vocabulary stops here, with one sentence
     if lora is not None:
         if save_base_to is not None and not (save_base_to / "base").exists():
             save_pretrained(model, save_base_to / "base")
@@ -76,6 +91,17 @@ def resolve_init(cfg: TrainConfig, log: Callable = print) -> str:
             "scores mean nothing. For the real weights, connect to the hub or pass --weights FOLDER "
             "(or --init pretrained to stop here instead). !!!")  # fmt: skip
         return "random"
+
+
+def resolve_tokenizer(cfg: TrainConfig) -> Tokenizer:
+    """The run's tokenizer, known before any weights are read: --tokenizer; else the one that goes with
+    --weights (a tokenizer.json beside them, or their hub repo's); else the preset's (CodeParrot's own,
+    fetched alone from the hub, or GPT-2's); GPT-2's where none is found."""
+    if cfg.tokenizer:
+        return find_tokenizer(cfg.tokenizer)
+    if cfg.weights is not None and cfg.init != "random":
+        return tokenizer_for(cfg.weights) or get_tokenizer()
+    return preset_tokenizer(cfg.model) or get_tokenizer()
 
 
 def meta_model(cfg: TrainConfig, dtype: torch.dtype) -> GPT:

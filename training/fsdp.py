@@ -101,6 +101,7 @@ def gather_model(model: GPT, cfg) -> GPT | None:
     plain.load_state_dict(full, assign=True)  # the gathered tensors themselves, in the dtypes they had
     plain.lm_head.weight = plain.transformer.wte.weight  # assign=True sets the two names one by one: tie them
     plain.grad_checkpoint = cfg.grad_checkpoint
+    plain.tokenizer = getattr(model, "tokenizer", None)  # a checkpoint's own tokenizer travels with it
     return plain.train(model.training)
 
 

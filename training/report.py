@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.tokenizer import get_tokenizer
+from data.tokenizer import tokenizer_of
 from generation import generate
 from training.checkpoint import atomic_write_text
 from training.config import TrainConfig
@@ -147,7 +147,7 @@ class Progress:
 @torch.no_grad()
 def sample_text(model, prompt: str, amp: AbstractContextManager, max_new_tokens: int = 48) -> str:
     """A greedy completion of `prompt`: what the model writes now, printed at each validation."""
-    tok = get_tokenizer()
+    tok = tokenizer_of(model)
     model.eval()
     ids = tok.encode(prompt)[-(model.config.block_size - max_new_tokens) :]
     with amp:

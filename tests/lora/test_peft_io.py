@@ -21,6 +21,7 @@ from model.gpt2 import GPT, config_for
 from model.hf import load_pretrained
 
 ATOL = 1e-4
+PROMPT = 'def fib(n):\n    """Return the n-th Fibonacci number."""\n'
 
 
 @pytest.fixture(scope="module")
@@ -219,3 +220,52 @@ def test_inspect_cli_exits_2_with_one_line_for_a_missing_folder(tmp_path, capsys
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: adapter folder") and err.count("\n") == 1
+
+
+# ---------------------------------------------------------- a CodeParrot-shaped base, its own tokenizer
+def eager(folder):
+    """transformers' model with its reference (eager) attention, the one that honours every setting."""
+    return GPT2LMHeadModel.from_pretrained(folder, attn_implementation="eager").eval()
+
+
+def test_codeparrot_shaped_adapter_round_trips_through_peft_and_merges_with_its_tokenizer(
+    codeparrot_tiny, tmp_path
+):
+    from transformers import AutoTokenizer
+
+    from data.tokenizer import tokenizer_of
+
+    ours = load_pretrained(codeparrot_tiny)
+    tok = tokenizer_of(ours)
+    # targets by GPT-2's module names: the fused c_attn's q and v slices, and both MLP projections
+    inject_lora(ours, LoRAConfig(rank=4, alpha=8, targets="q,v,mlp.c_fc,mlp.c_proj"), verbose=False)
+    with torch.no_grad():
+        for name, p in ours.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
+    x = torch.tensor([tok.encode(PROMPT)])
+    with torch.no_grad():
+        mine = ours.eval()(x)
+    save_adapter(ours, tmp_path / "adapter", base_model_name_or_path=str(codeparrot_tiny))
+    assert (tmp_path / "adapter" / "tokenizer.json").is_file()
+    peft = PeftModel.from_pretrained(eager(codeparrot_tiny), tmp_path / "adapter").eval()
+    with torch.no_grad():
+        theirs, base = peft(x).logits, eager(codeparrot_tiny)(x).logits
+    torch.testing.assert_close(mine, theirs, atol=ATOL, rtol=0)
+    assert (theirs - base).abs().max() > 100 * ATOL  # the adapter really loaded into PEFT
+
+    peft.save_pretrained(tmp_path / "peft")  # and PEFT's own files load back into ours
+    again = load_pretrained(codeparrot_tiny)
+    load_adapter(again, tmp_path / "peft")
+    with torch.no_grad():
+        torch.testing.assert_close(again.eval()(x), theirs, atol=ATOL, rtol=0)
+
+    export_merged(ours, tmp_path / "merged")  # plain transformers, tokenizer files beside the weights
+    merged = GPT2LMHeadModel.from_pretrained(tmp_path / "merged").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(x).logits, mine, atol=ATOL, rtol=0)
+    hf_tok = AutoTokenizer.from_pretrained(tmp_path / "merged")
+    assert hf_tok(PROMPT)["input_ids"] == tok.encode(PROMPT) and hf_tok.eos_token_id == 0
+    config = json.loads((tmp_path / "merged" / "config.json").read_text())
+    assert config["eos_token_id"] == config["bos_token_id"] == 0  # the tokenizer's, not GPT-2's 50256
+    assert config["scale_attn_by_inverse_layer_idx"] and config["reorder_and_upcast_attn"]

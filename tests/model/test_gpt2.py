@@ -1,8 +1,12 @@
 """Parity with transformers, the proof that model/gpt2.py + model/hf.py are GPT-2: a checkpoint written by
 transformers and read by load_pretrained gives the same logits (max |diff| <= 1e-4 in fp32), the same loss
-on the same targets and the same greedy ids as GPT2LMHeadModel, in both on-disk layouts."""
+on the same targets and the same greedy ids as GPT2LMHeadModel, in both on-disk layouts; and so for every
+config.json setting model/gpt2.py honours (random models saved by transformers), and for a CodeParrot-shaped
+model (32,768 tokens, Mistral's attention settings) on text its own tokenizer encodes."""
 
 from __future__ import annotations
+
+import itertools
 
 import pytest
 import torch
@@ -157,3 +161,104 @@ def test_dropout_acts_in_training_only_in_attention_and_mlp_outputs():
         assert 0.4 < zeros < 0.6, zeros
         module.eval()
         assert (module(h) == 0).sum() == 0
+
+
+# ------------------------------------------------------------------ any GPT-2-architecture config.json
+STD = 0.1  # weights' spread: large enough that attention is far from uniform, so its scale shows in logits
+TINY = dict(n_layer=3, n_head=4, n_embd=32, n_positions=64, vocab_size=1000)
+ACTIVATIONS = ("gelu_new", "gelu_fast", "gelu", "relu", "gelu_pytorch_tanh")
+# Every combination of the three attention settings, each with an activation and an MLP width in turn, so
+# every value of every setting meets every other at least once; then the vocabulary and context sizes.
+VARIANTS = [
+    dict(scale_attn_weights=w, scale_attn_by_inverse_layer_idx=i, reorder_and_upcast_attn=r,
+         activation_function=ACTIVATIONS[k % len(ACTIVATIONS)], n_inner=(None, 48, 160)[k % 3])
+    for k, (w, i, r) in enumerate(itertools.product((True, False), repeat=3))
+] + [dict(activation_function=a, n_inner=24) for a in ACTIVATIONS[2:]] + [
+    dict(vocab_size=32768, n_positions=256, scale_attn_by_inverse_layer_idx=True,
+         reorder_and_upcast_attn=True),
+    dict(vocab_size=50304, n_positions=32, n_embd=48, n_head=3),
+]  # fmt: skip
+
+
+def hf_reference(folder):
+    """transformers' own model from the folder, with eager attention: its reference implementation (the
+    only one that takes the reorder_and_upcast_attn path)."""
+    from transformers import GPT2LMHeadModel
+
+    return GPT2LMHeadModel.from_pretrained(folder, attn_implementation="eager").eval()
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: ",".join(f"{k}={v[k]}" for k in v))
+def test_each_setting_gives_the_logits_of_transformers(make_hf_gpt2, variant):
+    config = TINY | variant
+    folder = make_hf_gpt2(seed=3, std=STD, **config)
+    ours = load_pretrained(folder)
+    for key in ("scale_attn_weights", "scale_attn_by_inverse_layer_idx", "activation_function"):
+        assert getattr(ours.config, key) == config.get(key, getattr(ours.config, key))
+    x = torch.randint(
+        0, config["vocab_size"], (2, config["n_positions"]), generator=torch.Generator().manual_seed(0)
+    )
+    with torch.no_grad():
+        theirs, mine = hf_reference(folder)(x).logits, ours(x)
+    torch.testing.assert_close(mine, theirs, atol=LOGIT_TOL, rtol=0)
+
+
+def test_the_settings_change_the_logits(make_hf_gpt2):
+    """The parity above means something: each setting, flipped alone, moves the logits well past LOGIT_TOL
+    (the exact GELU and its tanh approximation differ by < 5e-4 at most: larger weights make that show)."""
+    x = torch.randint(0, 1000, (1, 32), generator=torch.Generator().manual_seed(0))
+    base = load_pretrained(make_hf_gpt2(seed=3, std=0.3, **TINY))(x)
+    for flip in (dict(scale_attn_weights=False), dict(scale_attn_by_inverse_layer_idx=True),
+                 dict(activation_function="relu"), dict(activation_function="gelu")):  # fmt: skip
+        moved = load_pretrained(make_hf_gpt2(seed=3, std=0.3, **TINY | flip))(x) - base
+        assert moved.abs().max() > 10 * LOGIT_TOL, flip
+
+
+def test_bf16_attention_is_as_close_to_fp32_as_transformers_upcast_path(make_hf_gpt2):
+    """reorder_and_upcast_attn asks for the scores and softmax in fp32 under mixed precision; SDPA computes
+    them so anyway: in bf16 our logits are as close to the fp32 ones as transformers' upcast path is."""
+    codeparrot = dict(scale_attn_by_inverse_layer_idx=True, reorder_and_upcast_attn=True)
+    folder = make_hf_gpt2(seed=5, std=STD, **TINY | codeparrot)
+    x = torch.randint(0, 1000, (2, 64), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        exact = hf_reference(folder)(x).logits
+        theirs = hf_reference(folder).to(torch.bfloat16)(x).logits.float()
+        mine = load_pretrained(folder, dtype="bf16")(x).float()
+    assert (mine - exact).abs().mean() <= 1.1 * (theirs - exact).abs().mean()
+
+
+# ------------------------------------------------------------------ CodeParrot: presets, its own tokenizer
+def test_codeparrot_presets_are_its_hub_ids_and_architecture():
+    from model.gpt2 import config_for
+    from model.hf import HUB_IDS
+
+    assert HUB_IDS["codeparrot-small"] == "codeparrot/codeparrot-small"
+    assert HUB_IDS["codeparrot"] == "codeparrot/codeparrot"
+    with torch.device("meta"):
+        small, big = GPT(config_for("codeparrot-small")), GPT(config_for("codeparrot"))
+    for model in (small, big):
+        c = model.config
+        assert c.vocab_size == 32768 and c.block_size == 1024
+        assert c.scale_attn_by_inverse_layer_idx and c.reorder_and_upcast_attn
+    assert 110e6 < small.param_counts()["total"] < 112e6  # "110M"
+    assert 1.5e9 < big.param_counts()["total"] < 1.55e9  # "1.5B"
+
+
+PROMPTS = ['def fib(n):\n    """Return the n-th Fibonacci number."""\n', "import os\n\nclass Path:\n    def "]
+
+
+def test_codeparrot_shaped_logits_and_greedy_ids_equal_transformers(codeparrot_tiny):
+    from data.tokenizer import tokenizer_of
+
+    ours = load_pretrained(codeparrot_tiny)
+    theirs = hf_reference(codeparrot_tiny)
+    tok = tokenizer_of(ours)
+    for prompt in PROMPTS:
+        ids = tok.encode(prompt)
+        x = torch.tensor([ids])
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x), theirs(x).logits, atol=LOGIT_TOL, rtol=0)
+            hf_new = theirs.generate(x, max_new_tokens=24, do_sample=False, eos_token_id=tok.eot,
+                                     pad_token_id=tok.eot, attention_mask=torch.ones_like(x))  # fmt: skip
+        (mine,) = generate(ours, [ids], max_new_tokens=24, eos=tok.eot)
+        assert mine == hf_new[0, len(ids) :].tolist()

@@ -1,5 +1,6 @@
-"""model/hf.py beyond parity: what save_pretrained writes, tying, dtypes, shards, hub-id resolution, and
-every bad checkpoint ending in one CheckpointError sentence that names the file and says what to do."""
+"""model/hf.py beyond parity: what save_pretrained writes, tying, dtypes, shards, hub-id resolution, the
+settings of GPT-2-architecture checkpoints and the tokenizer beside them, and every bad checkpoint ending in
+one CheckpointError sentence that names the file and says what to do."""
 
 from __future__ import annotations
 
@@ -148,13 +149,19 @@ def _write(folder: Path, tensors: dict, config: dict | None = None) -> Path:
 
 def empty_folder(d, hf):
     d.mkdir()
-    return d, d, "has no model.safetensors"
+    return d, d, "has no model.safetensors or pytorch_model.bin"
 
 
-def pytorch_bin_only(d, hf):
+def other_formats_only(d, hf):
+    d.mkdir()
+    (d / "model.pt").write_bytes(b"\0" * 64)
+    return d, d, "has no model.safetensors or pytorch_model.bin (it has model.pt)"
+
+
+def corrupt_pytorch_bin(d, hf):
     d.mkdir()
     (d / "pytorch_model.bin").write_bytes(b"\0" * 64)
-    return d, d, "has no model.safetensors (it has pytorch_model.bin)"
+    return d, d / "pytorch_model.bin", "cannot be read by torch.load(weights_only=True)"
 
 
 def truncated_file(d, hf):
@@ -198,9 +205,27 @@ def config_of_another_model(d, hf):
 
 
 def unsupported_gpt2_variant(d, hf):
-    cfg = _tiny_config(hf) | {"activation_function": "relu"}
+    cfg = _tiny_config(hf) | {"activation_function": "silu"}
     _write(d, _tiny_raw(hf), cfg)
-    return d, d / "config.json", "activation_function='relu'"
+    return d, d / "config.json", "activation_function='silu'"
+
+
+def untied_output_layer(d, hf):
+    cfg = _tiny_config(hf) | {"tie_word_embeddings": False}
+    _write(d, _tiny_raw(hf), cfg)
+    return d, d / "config.json", "tie_word_embeddings=False"
+
+
+def cross_attention(d, hf):
+    cfg = _tiny_config(hf) | {"add_cross_attention": True}
+    _write(d, _tiny_raw(hf), cfg)
+    return d, d / "config.json", "add_cross_attention=True"
+
+
+def mlp_width_that_does_not_match(d, hf):
+    cfg = _tiny_config(hf) | {"n_inner": 48}
+    _write(d, _tiny_raw(hf), cfg)
+    return d, d / "model.safetensors", "has n_inner=128 but its config.json says 48"
 
 
 def missing_tensor(d, hf):
@@ -251,7 +276,8 @@ def shard_missing(d, hf):
 
 BAD = [
     empty_folder,
-    pytorch_bin_only,
+    other_formats_only,
+    corrupt_pytorch_bin,
     truncated_file,
     garbage_file,
     not_safetensors_suffix,
@@ -260,6 +286,9 @@ BAD = [
     bert_keys,
     config_of_another_model,
     unsupported_gpt2_variant,
+    untied_output_layer,
+    cross_attention,
+    mlp_width_that_does_not_match,
     missing_tensor,
     unexpected_tensor,
     wrong_shape,
@@ -280,3 +309,40 @@ def test_bad_checkpoint_is_one_sentence_naming_the_file(make_bad, hf_tiny_dir, t
     assert str(named) in msg
     assert "\n" not in msg and ";" in msg  # one line: what is wrong; what to do
     assert isinstance(err.value, UsageError)  # run_main turns it into exit code 2
+
+
+# -------------------------------------------------------- GPT-2-architecture settings, own tokenizer
+TINY = dict(n_layer=3, n_head=4, n_embd=32, n_positions=64, vocab_size=1000)
+SETTINGS = dict(scale_attn_weights=False, scale_attn_by_inverse_layer_idx=True, reorder_and_upcast_attn=True,
+                activation_function="gelu", n_inner=48)  # fmt: skip
+
+
+def test_settings_survive_save_pretrained(make_hf_gpt2, tmp_path):
+    from model.hf import save_pretrained
+
+    ours = load_pretrained(make_hf_gpt2(seed=1, **TINY | SETTINGS))
+    save_pretrained(ours, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert {k: config[k] for k in SETTINGS} == SETTINGS
+    assert load_pretrained(tmp_path).config == ours.config
+
+
+def test_codeparrot_shaped_model_loads_with_its_tokenizer_and_warns_about_eos(codeparrot_tiny, capsys):
+    from data.tokenizer import tokenizer_of
+
+    ours = load_pretrained(codeparrot_tiny)
+    tok = tokenizer_of(ours)
+    assert ours.config.vocab_size == tok.vocab_size == 32768 and tok.eot == 0
+    assert ours.config.scale_attn_by_inverse_layer_idx and ours.config.reorder_and_upcast_attn
+    err = capsys.readouterr().err  # config.json says GPT-2's 50256, as CodeParrot's does: said once
+    assert "eos_token_id=50256" in err and "<|endoftext|> is 0" in err
+
+
+def test_a_pytorch_model_bin_loads_as_its_safetensors_do(hf_tiny_dir, tmp_path):
+    """Repositories older than safetensors (CodeParrot's era) hold pytorch_model.bin: read with
+    torch.load(weights_only=True), it gives the same model."""
+    torch.save(load_file(hf_tiny_dir / "model.safetensors"), tmp_path / "pytorch_model.bin")
+    shutil.copy(hf_tiny_dir / "config.json", tmp_path / "config.json")
+    x = torch.randint(0, 50257, (1, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(load_pretrained(tmp_path)(x), load_pretrained(hf_tiny_dir)(x))
