@@ -25,7 +25,7 @@ def test_a_corrupted_ranks_file_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "cache"))  # never reuse a cached good copy
     monkeypatch.setattr(tokenizer_module, "RANKS_FILE", bad)
     with pytest.raises(ValueError, match="[Hh]ash"):
-        get_tokenizer.__wrapped__()  # the uncached builder
+        tokenizer_module._gpt2_ranks.__wrapped__()  # the uncached loader of the ranks get_tokenizer uses
 
 
 @pytest.mark.parametrize(
