@@ -27,6 +27,7 @@ from lora.peft_io import load_adapter
 from model.gpt2 import GPT, config_for
 from model.hf import load_pretrained
 from model.kernels import use_fast_kernels
+from model.nf4 import round_trip_model
 
 CKPT_RE = re.compile(r"^step-(\d+)$")
 COMPLETE_MARK = "COMPLETE"  # written last inside a checkpoint folder; its absence means the write was cut
@@ -100,10 +101,13 @@ def load_model_for_inference(opts: RunModelOptions, device: torch.device, dtype:
         if info["lora_rank"] > 0:  # the base the run started from, then its adapter
             # A random-init run saved its random base as base/, so its adapter has something to apply to.
             base_src = str(Path(run) / "base") if cfg.get("init") == "random" else cfg["weights"]
-            base = load_pretrained(base_src, device=device, dtype=dtype)
+            qlora = cfg.get("quantize", "none") == "nf4"
+            base = load_pretrained(base_src, device=device, dtype=torch.float32 if qlora else dtype)
+            if qlora:  # the base the adapter trained on: the weights through NF4 and back (from fp32)
+                round_trip_model(base)
             info["random_init"] = cfg.get("init") == "random"
             load_adapter(base, src)
-            net = merge_and_unload(base)
+            net = merge_and_unload(base).to(dtype)
         else:
             net = load_pretrained(str(src), device=device, dtype=dtype)
             info["random_init"] = cfg.get("init") == "random"

@@ -1,5 +1,6 @@
 """What evaluate.py writes: metrics.json / metrics.csv / report.md / bleu_vs_exec.png per evaluation,
-curves.png across checkpoints, and the full-vs-LoRA comparison table (compare.md / .csv / .png)."""
+curves.png across checkpoints, and the comparison table of runs, full / LoRA / DoRA / QLoRA side by side
+(compare.md / .csv / .png)."""
 
 from __future__ import annotations
 
@@ -152,7 +153,10 @@ def run_row(run: Path, tag: str = "") -> dict:
 
     cfg = read_config(run)
     rank = cfg.get("lora_rank", 0)
-    row = dict(run=run.name, method=f"LoRA r={rank}" if rank else "full fine-tune")
+    kind = ("Q" if cfg.get("quantize", "none") == "nf4" else "") + (
+        "DoRA" if cfg.get("lora_dora") else "LoRA"
+    )
+    row = dict(run=run.name, method=f"{kind} r={rank}" if rank else "full fine-tune")
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
     logs = []
     if (run / "metrics.jsonl").is_file():
@@ -178,7 +182,7 @@ def run_row(run: Path, tag: str = "") -> dict:
 
 
 def compare(runs: list[str], out: Path, tag: str = "") -> list[dict]:
-    """compare.md, compare.csv and compare.png in `out`: the full-vs-LoRA table."""
+    """compare.md, compare.csv and compare.png in `out`: one row per run (full, LoRA, DoRA, QLoRA ...)."""
     rows = [run_row(Path(r), tag) for r in runs]
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "compare.csv", rows)
