@@ -1,6 +1,6 @@
 """Train-step speed and peak memory: ours against HF transformers + PEFT, side by side in one run.
 
-    python -m bench.train                # GPT-2 124M shapes, batch 4 x 256: full FT and LoRA r=8, bf16 + fp32
+    python -m bench.train                # GPT-2 124M, 4 x 256: full, LoRA, DoRA, QLoRA r=8, bf16 + fp32
     python -m bench.train --quick        # the two acceptance rows only (bf16 LoRA c_attn+c_proj, bf16 full)
     python -m bench.train --configs dora-attn-fp32,qlora-attn-fp32   # DoRA vs PEFT use_dora, QLoRA vs bnb
     python -m bench.train --corpus       # useful tokens/s on the embedded corpus: study pipeline vs ours
