@@ -1,9 +1,10 @@
 """Score a model's Python: BLEU, ROUGE-L, syntax-valid and exec-clean rates on a held-out split, HumanEval
-pass@k in the sandbox, reports, a full-vs-LoRA comparison table, and a self-check of the harness.
+pass@k in the sandbox, reports, a comparison table of runs (full / LoRA / DoRA / QLoRA), and a self-check of
+the harness.
 
     python evaluate.py --run runs/full --split test --limit 100   # -> runs/full/eval/<tag>/
     python evaluate.py --run runs/full --all-checkpoints          # one eval per checkpoint + curves
-    python evaluate.py --compare runs/full runs/lora8             # -> runs/compare/compare.md, .csv, .png
+    python evaluate.py --compare runs/full runs/lora8 runs/dora8 runs/qlora8   # -> runs/compare/compare.md
     python evaluate.py --self-check                               # canonical 164/164, controls fail
 
 Every text metric scores the generated code only, never the prompt. Code is split into tokens by
@@ -75,7 +76,7 @@ class EvalConfig(RunModelOptions, ScoringOptions, SamplingOptions, SandboxOption
     tag: str = opt("", "the eval/<tag>/ folder; default: made from the settings")
     out_dir: str | None = opt(None, "eval/ goes here (default: --run, else runs/NAME); --compare: its folder")
     compare: str | None = opt(
-        None, "run folders to tabulate side by side (the full-vs-LoRA table)", nargs="+"
+        None, "run folders to tabulate side by side (full / LoRA / DoRA / QLoRA)", nargs="+"
     )
     overwrite: bool = opt(False, "--compare: replace a comparison of other runs in its folder")
     self_check: bool = opt(False, "check the harness against known answers; exit 1 if a check fails")

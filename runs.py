@@ -28,6 +28,7 @@ from lora.peft_io import load_adapter
 from model.gpt2 import GPT, config_for
 from model.hf import find_tokenizer, load_pretrained, preset_tokenizer
 from model.kernels import use_fast_kernels
+from model.nf4 import round_trip_model
 
 CKPT_RE = re.compile(r"^step-(\d+)$")
 COMPLETE_MARK = "COMPLETE"  # written last inside a checkpoint folder; its absence means the write was cut
@@ -107,10 +108,13 @@ def load_model_for_inference(opts: RunModelOptions, device: torch.device, dtype:
             base_src = (
                 str(Path(run) / "base") if cfg.get("init") == "random" else cfg["weights"] or cfg["model"]
             )
-            base = load_pretrained(base_src, device=device, dtype=dtype)
+            qlora = cfg.get("quantize", "none") == "nf4"
+            base = load_pretrained(base_src, device=device, dtype=torch.float32 if qlora else dtype)
+            if qlora:  # the base the adapter trained on: the weights through NF4 and back (from fp32)
+                round_trip_model(base)
             info["random_init"] = cfg.get("init") == "random"
             load_adapter(base, src)
-            net = merge_and_unload(base)
+            net = merge_and_unload(base).to(dtype)
             if (src / TOKENIZER_JSON).is_file():  # the run's own (saved with the adapter) over the base's
                 net.tokenizer = load_tokenizer(src)
         else:

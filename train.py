@@ -32,6 +32,7 @@ import torch.distributed as dist
 from cli import UsageError, given_flags, parse_config, resolve_device, run_main
 from data.loader import Batches
 from data.prepare import DataConfig, format_prompt, prepare, why_small
+from model.nf4 import nf4_numel
 from profiler.fsdp import format_sharded
 from profiler.memory import estimate, format_estimate, profile_training_memory
 from training import fsdp
@@ -142,7 +143,7 @@ class Recipe:
             base_to = self.out if self.master and cfg.init == "random" else None
             self.raw_model = build_model(cfg, self.device, self.dtype, self.log, base_to, self.tokenizer)
         n_train = sum(p.numel() for p in self.raw_model.parameters() if p.requires_grad)
-        n_all = sum(p.numel() for p in self.raw_model.parameters())
+        n_all = sum(p.numel() for p in self.raw_model.parameters()) + nf4_numel(self.raw_model)  # 4-bit ones
         pct = 100 * n_train / n_all
         self.log(f"trainable params: {n_train:,} || all params: {n_all:,} || trainable%: {pct:.4f}")
 

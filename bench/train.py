@@ -1,7 +1,8 @@
 """Train-step speed and peak memory: ours against HF transformers + PEFT, side by side in one run.
 
-    python -m bench.train                # GPT-2 124M shapes, batch 4 x 256: full FT and LoRA r=8, bf16 + fp32
+    python -m bench.train                # GPT-2 124M, 4 x 256: full, LoRA, DoRA, QLoRA r=8, bf16 + fp32
     python -m bench.train --quick        # the two acceptance rows only (bf16 LoRA c_attn+c_proj, bf16 full)
+    python -m bench.train --configs dora-attn-fp32,qlora-attn-fp32   # DoRA vs PEFT use_dora, QLoRA vs bnb
     python -m bench.train --corpus       # useful tokens/s on the embedded corpus: study pipeline vs ours
     python -m bench.train --device cuda  # the same on a GPU
 
@@ -16,6 +17,10 @@ What the two sides run (same shapes, dtype policy, optimizer and clipping):
          loss over target positions only, frozen LoRA base weights stored in bf16 under bf16.
   HF     GPT2LMHeadModel (SDPA attention) + peft.get_peft_model, a step as HF Trainer takes it: autocast
          forward with labels, backward, clip_grad_norm_(1.0), AdamW (fused, Trainer's default), zero_grad.
+The variants: DoRA is ours (lora/dora.py, the factored row norm) against PEFT's use_dora (which builds B A
+and W + s B A every step); QLoRA is ours (model/nf4.py, dequantized in plain PyTorch, forward and backward)
+against PEFT on a bitsandbytes 4-bit NF4 base (double quantization, the same codes as ours: bitsandbytes
+0.50 quantizes and multiplies on a CPU too, through its own kernels or a dequantize-then-matmul fallback).
 """
 
 from __future__ import annotations
@@ -48,13 +53,17 @@ VOCAB = 50257
 # Our LoRA targets -> the nearest PEFT target_modules. PEFT cannot adapt q and v alone inside GPT-2's
 # fused c_attn (a Conv1D), so for q,v it adapts the whole c_attn: what a PEFT user of GPT-2 does.
 PEFT_TARGETS = {"c_attn,attn.c_proj": ["c_attn", "attn.c_proj"], "q,v": ["c_attn"], "c_attn": ["c_attn"]}
-CONFIGS = {  # name -> (LoRA targets or None for full fine-tuning, dtype)
+CONFIGS = {  # name -> (LoRA targets or None for full fine-tuning, dtype[, variant: dora | qlora])
     "lora-attn-bf16": ("c_attn,attn.c_proj", "bf16"),
     "full-bf16": (None, "bf16"),
     "lora-qv-bf16": ("q,v", "bf16"),
+    "dora-attn-bf16": ("c_attn,attn.c_proj", "bf16", "dora"),
+    "qlora-attn-bf16": ("c_attn,attn.c_proj", "bf16", "qlora"),
     "lora-attn-fp32": ("c_attn,attn.c_proj", "fp32"),
     "full-fp32": (None, "fp32"),
     "lora-qv-fp32": ("q,v", "fp32"),
+    "dora-attn-fp32": ("c_attn,attn.c_proj", "fp32", "dora"),
+    "qlora-attn-fp32": ("c_attn,attn.c_proj", "fp32", "qlora"),
 }
 QUICK = ("lora-attn", "full")  # + the dtype --dtype auto picks
 
@@ -80,6 +89,7 @@ class Spec:
     cuda_graph: bool = False  # ours: training.cuda_graph.CudaGraphStep (a GPU and one batch shape)
     threads: int = 0  # 0 = torch's default
     seq_len: int = 256  # for the model FLOPs per token (MFU)
+    variant: str = ""  # "", "dora" (PEFT: use_dora) or "qlora" (PEFT: on a bitsandbytes 4-bit base)
 
 
 # ------------------------------------------------------------------------------------------- the workers
@@ -88,7 +98,8 @@ def build_ours(spec: Spec, device: torch.device):
     cfg = TrainConfig(
         model=spec.model, init="random", lora_rank=spec.rank if spec.targets else 0,
         lora_alpha=spec.alpha, lora_targets=spec.targets or "q,v", dtype=spec.dtype, lr=1e-4,
-        max_len=config_for(spec.model).block_size,
+        max_len=config_for(spec.model).block_size, lora_dora=spec.variant == "dora",
+        quantize="nf4" if spec.variant == "qlora" else "none",
     )  # fmt: skip
     dtype = torch.bfloat16 if spec.dtype == "bf16" else torch.float32
     torch.manual_seed(0)
@@ -122,10 +133,13 @@ def build_hf(spec: Spec, device: torch.device):
         attn_pdrop=0.0,
     )  # fmt: skip  (ours: dropout 0)
     model = GPT2LMHeadModel(hcfg).to(device)
+    dtype = torch.bfloat16 if spec.dtype == "bf16" else torch.float32
+    if spec.variant == "qlora":  # the same random model, loaded the way a QLoRA user loads one
+        model = bnb_4bit(model, device, dtype)
     if spec.targets:
         lcfg = LoraConfig(
             r=spec.rank, lora_alpha=spec.alpha, lora_dropout=0.0, target_modules=PEFT_TARGETS[spec.targets],
-            fan_in_fan_out=True, task_type="CAUSAL_LM",
+            fan_in_fan_out=True, task_type="CAUSAL_LM", use_dora=spec.variant == "dora",
         )  # fmt: skip
         model = get_peft_model(model, lcfg)
     model.train()
@@ -135,7 +149,6 @@ def build_hf(spec: Spec, device: torch.device):
     rest = [p for n, p in named if n.endswith(".bias") or ".ln_" in n]
     groups = [{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.95), eps=1e-8, fused=True)
-    dtype = torch.bfloat16 if spec.dtype == "bf16" else torch.float32
     amp = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
     fwd = torch.compile(model) if spec.compile else model
     params = [p for _, p in named]
@@ -152,6 +165,21 @@ def build_hf(spec: Spec, device: torch.device):
         return float(loss.detach())
 
     return model, step
+
+
+def bnb_4bit(model, device: torch.device, dtype: torch.dtype):
+    """`model` reloaded by transformers with a bitsandbytes NF4 base (blocks of 64, double quantization):
+    BitsAndBytesConfig(load_in_4bit=True), as PEFT's QLoRA recipe does (without its gradient checkpointing,
+    which ours does not do either)."""
+    import tempfile
+
+    from transformers import BitsAndBytesConfig, GPT2LMHeadModel
+
+    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                           bnb_4bit_compute_dtype=dtype)  # fmt: skip
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        return GPT2LMHeadModel.from_pretrained(folder, quantization_config=q, device_map={"": device})
 
 
 def worker(conn, spec: Spec) -> None:
@@ -252,7 +280,7 @@ def bench_models(args, device: torch.device) -> str:
     for name in names:
         if name not in CONFIGS:
             raise SystemExit(f"error: unknown config {name!r}; choose from {', '.join(CONFIGS)}")
-        targets, dtype = CONFIGS[name]
+        targets, dtype, *variant = CONFIGS[name]
         spec = Spec(
             "ours",
             targets,
@@ -262,6 +290,7 @@ def bench_models(args, device: torch.device) -> str:
             compile=args.compile,
             threads=args.threads,
             seq_len=args.seq_len,
+            variant=variant[0] if variant else "",
         )
         specs = {"ours": spec, "HF": replace(spec, impl="hf")}
         if args.cuda_graph:
@@ -274,7 +303,9 @@ def bench_models(args, device: torch.device) -> str:
         mem = {k: c.close()["peak_bytes"] for k, c in contenders.items()}
         tps = {k: tokens / C.median(v) for k, v in times.items()}
         hf_targets = "" if not targets else f" / PEFT {'+'.join(PEFT_TARGETS[targets])}"
-        what = f"LoRA r=8 {targets}{hf_targets}" if targets else "full fine-tuning"
+        kind = {"dora": "DoRA", "qlora": "QLoRA"}.get(spec.variant, "LoRA")
+        peft_kind = {"dora": " (use_dora)", "qlora": " (bitsandbytes NF4 base)"}.get(spec.variant, "")
+        what = f"{kind} r=8 {targets}{hf_targets}{peft_kind}" if targets else "full fine-tuning"
         mfu = " / ".join(fmt_mfu(tps[k] * fpt / peaks[dtype]) for k in contenders)
         row = [what, dtype, f"{tps['ours']:,.0f}", f"{tps['HF']:,.0f}", f"**{tps['ours'] / tps['HF']:.2f}x**",
                C.mib(mem["ours"]), C.mib(mem["HF"]), f"{mem['ours'] / mem['HF']:.2f}", mfu]  # fmt: skip

@@ -1,5 +1,6 @@
 """What evaluate.py writes: metrics.json / metrics.csv / report.md / bleu_vs_exec.png per evaluation,
-curves.png across checkpoints, and the full-vs-LoRA comparison table (compare.md / .csv / .png)."""
+curves.png across checkpoints, and the comparison table of runs, full / LoRA / DoRA / QLoRA side by side
+(compare.md / .csv / .png)."""
 
 from __future__ import annotations
 
@@ -152,7 +153,10 @@ def run_row(run: Path, tag: str = "") -> dict:
 
     cfg = read_config(run)
     rank = cfg.get("lora_rank", 0)
-    row = dict(run=run.name, method=f"LoRA r={rank}" if rank else "full fine-tune")
+    kind = ("Q" if cfg.get("quantize", "none") == "nf4" else "") + (
+        "DoRA" if cfg.get("lora_dora") else "LoRA"
+    )
+    row = dict(run=run.name, method=f"{kind} r={rank}" if rank else "full fine-tune")
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
     logs = []
     if (run / "metrics.jsonl").is_file():
@@ -178,8 +182,9 @@ def run_row(run: Path, tag: str = "") -> dict:
 
 
 def compare(runs: list[str], out: Path, tag: str = "", overwrite: bool = False) -> list[dict]:
-    """compare.md, .csv, .json and .png in `out`: the full-vs-LoRA table. A folder that holds a comparison
-    of other runs is refused unless overwrite; the same runs compared again are updated, and said so."""
+    """compare.md, .csv, .json and .png in `out`: one row per run (full, LoRA, DoRA, QLoRA ...). A folder
+    that holds a comparison of other runs is refused unless overwrite; the same runs compared again are
+    updated, and said so."""
     from cli import UsageError
 
     names = [str(Path(r).resolve()) for r in runs]

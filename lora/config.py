@@ -3,7 +3,11 @@
 --lora-rank 8 --lora-targets q,v     (LoRAOptions, the fields train.py and the profiler share)
     -> cfg.lora()                    LoRAConfig(rank=8, alpha=16.0, targets=("q", "v"), ...) or None
     -> inject_lora(model, lora)      lora/lora.py: wraps the targeted nn.Linear layers
-    -> LoRALinear(linear, lora)
+    -> LoRALinear(linear, lora)      (DoRALinear with --lora-dora; on an NF4 base, --quantize nf4, the
+                                     QLoRA forms: lora.lora.lora_class picks)
+
+--quantize nf4 is about the frozen base, not the adapter: training/build.py stores the block Linears in NF4
+(model/nf4.py) before inject_lora, so it is an option here but not a LoRAConfig field.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class LoRAConfig:
     targets: tuple[str, ...] | str = ("q", "v")  # names from TARGETS or SHORTHANDS; stored parsed
     dropout: float = 0.0  # dropout on the adapter's input
     rslora: bool = False  # rank-stabilized scaling (Kalajdzievski 2023)
+    dora: bool = False  # DoRA (Liu et al. 2024): a learned magnitude per output row (lora/dora.py)
 
     def __post_init__(self):
         if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank <= 0:
@@ -86,16 +91,33 @@ class LoRAOptions:
     )
     lora_dropout: float = opt(0.0, "dropout on the LoRA input")
     lora_rslora: bool = opt(False, "rank-stabilized scaling alpha/sqrt(r)")
+    lora_dora: bool = opt(False, "DoRA: also learn a magnitude per output row (weight-decomposed LoRA)")
+    quantize: str = opt(
+        "none",
+        "nf4: store the frozen block weights in 4-bit NF4 (QLoRA; needs --lora-rank)",
+        choices=["none", "nf4"],
+    )
 
     def lora(self) -> LoRAConfig | None:
         """The validated LoRAConfig, or None for full fine-tuning (--lora-rank 0)."""
         if self.lora_rank < 0:
             raise UsageError(f"--lora-rank {self.lora_rank} is negative; pass 0 (full fine-tune) or a rank")
         if self.lora_rank == 0:
+            for given, what in ((self.quantize != "none", f"--quantize {self.quantize}"),
+                                (self.lora_dora, "--lora-dora")):  # fmt: skip
+                if given:
+                    raise UsageError(
+                        f"{what} trains an adapter on a frozen base; pass --lora-rank R (e.g. 8)"
+                    )
             return None
         try:
             return LoRAConfig(
-                self.lora_rank, self.lora_alpha, self.lora_targets, self.lora_dropout, self.lora_rslora
+                self.lora_rank,
+                self.lora_alpha,
+                self.lora_targets,
+                self.lora_dropout,
+                self.lora_rslora,
+                self.lora_dora,
             )
         except LoRAConfigError as e:
             raise UsageError(f"--lora-{e.field}: {e}") from None

@@ -20,6 +20,11 @@ one rank-r pair per enabled slice and its update is exactly zero on the slices t
                                                [ 0  B_v]  <- v rows
 
 That block-structured (A, B_full) is also how a slice adapter is written for PEFT (see lora/peft_io.py).
+
+Two variants keep this class and change one part each (PEFT: tuners/lora/{layer,bnb,dora}.py); add_lora is
+the one place that picks: DoRA (lora/dora.py, LoRAConfig(dora=True)) adds a learned magnitude per output
+row; QLoRA (lora/qlora.py) runs the frozen path on a 4-bit NF4 weight (model/nf4.py) when the layer wrapped
+is an NF4Linear. Both only override base_forward, dense_weight, forward or merge.
 Shapes: B batch, T time, C n_embd, r rank, n number of enabled slices. The walkthrough is docs/lora.md.
 """
 
@@ -32,6 +37,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lora.config import LoRAConfig
+from lora.dora import DoRA
+from lora.qlora import NF4Base
+from model.nf4 import NF4Linear, nf4_numel
 
 
 def _cast(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -41,6 +49,7 @@ def _cast(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 class LoRALinear(nn.Module):
     """Wraps an nn.Linear: `weight`/`bias` keep their names (and stay frozen), `lora_A`/`lora_B` train.
+    (An NF4Linear's `weight` is a model.nf4.NF4Weight; QLoRALinear runs the frozen path on it.)
     slices, e.g. (True, False, True), splits the output into equal parts (q|k|v) and adapts the ones on."""
 
     def __init__(self, linear: nn.Linear, cfg: LoRAConfig, slices: tuple[bool, ...] | None = None):
@@ -71,9 +80,17 @@ class LoRALinear(nn.Module):
         zero = self.lora_B.new_zeros(so, nr)
         return torch.cat([next(blocks) if on else zero for on in self.slices])  # (out, n*r)
 
+    def base_forward(self, x: torch.Tensor, bias: bool = True) -> torch.Tensor:
+        """The frozen path x W^T (+ b)."""
+        b = None if self.bias is None or not bias else _cast(self.bias, x)
+        return F.linear(x, _cast(self.weight, x), b)
+
+    def dense_weight(self) -> torch.Tensor:
+        """W (out, in) as stored."""
+        return self.weight
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (B, T, in), e.g. (B, T, 768) into c_attn
-        b = None if self.bias is None else _cast(self.bias, x)
-        y = F.linear(x, _cast(self.weight, x), b)  # (B, T, out), c_attn: (B, T, 2304)
+        y = self.base_forward(x)  # (B, T, out), c_attn: (B, T, 2304)
         if self.merged:  # W already holds s * B @ A
             return y
         a = self.dropout(x) @ _cast(self.lora_A, x).T  # (B, T, n*r), q,v at r=8: (B, T, 16)
@@ -102,12 +119,35 @@ class LoRALinear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, r={self.rank}, scaling={self.scaling:g} {on}"
 
 
+class DoRALinear(DoRA, LoRALinear):
+    """LoRALinear with DoRA's magnitude vector (lora/dora.py)."""
+
+
+class QLoRALinear(NF4Base, LoRALinear):
+    """LoRALinear on a 4-bit NF4 base (lora/qlora.py)."""
+
+
+class QDoRALinear(DoRA, NF4Base, LoRALinear):
+    """DoRA on a 4-bit NF4 base."""
+
+
+def lora_class(base: nn.Module, cfg: LoRAConfig) -> type[LoRALinear]:
+    """The one place a variant is chosen: by the layer wrapped (an NF4Linear, model/nf4.py, gets the 4-bit
+    frozen path) and by cfg.dora."""
+    nf4 = isinstance(base, NF4Linear)
+    if cfg.dora:
+        return QDoRALinear if nf4 else DoRALinear
+    return QLoRALinear if nf4 else LoRALinear
+
+
 def add_lora(
     model: nn.Module, name: str, cfg: LoRAConfig, slices: tuple[bool, ...] | None = None
 ) -> LoRALinear:
-    """Replace the nn.Linear at `name` (e.g. "transformer.h.0.attn.c_attn") by a LoRALinear around it."""
+    """Replace the nn.Linear (or NF4Linear) at `name` (e.g. "transformer.h.0.attn.c_attn") by a LoRA layer
+    around it, of the class lora_class picks."""
     parent_name, _, child = name.rpartition(".")
-    layer = LoRALinear(model.get_submodule(name), cfg, slices)
+    base = model.get_submodule(name)
+    layer = lora_class(base, cfg)(base, cfg, slices)
     setattr(model.get_submodule(parent_name), child, layer)
     return layer
 
@@ -124,7 +164,7 @@ def inject_lora(model: nn.Module, cfg: LoRAConfig, verbose: bool = True) -> list
     qkv = tuple(t in cfg.targets for t in "qkv")  # which slices of the fused c_attn to adapt
     matched = []
     for name, module in list(model.named_modules()):
-        if not isinstance(module, nn.Linear):
+        if not isinstance(module, (nn.Linear, NF4Linear)):
             continue
         if name.endswith(".attn.c_attn") and ("c_attn" in cfg.targets or any(qkv)):
             add_lora(model, name, cfg, None if "c_attn" in cfg.targets else qkv)
@@ -137,7 +177,8 @@ def inject_lora(model: nn.Module, cfg: LoRAConfig, verbose: bool = True) -> list
         raise ValueError(f"no module of this model matches the LoRA targets {','.join(cfg.targets)}")
     if verbose:
         r = trainable_report(model)
-        print(f"LoRA r={cfg.rank} alpha={cfg.alpha} on {len(matched)} modules ({','.join(cfg.targets)})")
+        kind = ("DoRA" if cfg.dora else "LoRA") + (" on an NF4 base" if nf4_numel(model) else "")
+        print(f"{kind} r={cfg.rank} alpha={cfg.alpha} on {len(matched)} modules ({','.join(cfg.targets)})")
         print(f"trainable params: {r['trainable']:,} || all params: {r['total']:,} || "
               f"trainable%: {r['trainable_pct']:.4f}")  # fmt: skip
     return matched
@@ -167,15 +208,20 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     return model
 
 
+ADAPTER_TENSORS = ("lora_A", "lora_B", "lora_magnitude_vector")  # the last: DoRA's m
+
+
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The LoRA tensors only (`...c_attn.lora_A`, `...lora_B`): what a LoRA checkpoint needs to hold."""
-    return {k: v for k, v in model.state_dict().items() if k.rsplit(".", 1)[-1] in ("lora_A", "lora_B")}
+    """The adapter tensors only (`...c_attn.lora_A`, `...lora_B`, DoRA's `...lora_magnitude_vector`): what
+    a LoRA checkpoint needs to hold."""
+    return {k: v for k, v in model.state_dict().items() if k.rsplit(".", 1)[-1] in ADAPTER_TENSORS}
 
 
 def trainable_report(model: nn.Module) -> dict:
-    """Trainable vs all parameters (a tied weight counted once), and the LoRA modules."""
+    """Trainable vs all parameters (a tied weight counted once, an NF4 weight as its number of weights), and
+    the LoRA modules."""
     params = list(model.parameters())  # parameters() yields a shared tensor once
     trainable = sum(p.numel() for p in params if p.requires_grad)
-    total = sum(p.numel() for p in params)
+    total = sum(p.numel() for p in params) + nf4_numel(model)
     return dict(trainable=trainable, total=total, trainable_pct=100 * trainable / max(total, 1),
                 lora_modules=list(lora_layers(model)))  # fmt: skip

@@ -17,6 +17,12 @@ block structured (LoRALinear.full_B). PEFT scales by lora_alpha / R, so to keep 
 written with alpha * n (rslora: alpha / sqrt(R) needs alpha * sqrt(n)), through `rank_pattern` and
 `alpha_pattern`. The slices are also named in the safetensors metadata ("lora_slices", which PEFT ignores),
 so load_adapter rebuilds the per-slice layers instead of a joint one.
+
+DoRA (lora/dora.py) adds `use_dora: true` and one more tensor per module,
+`base_model.model.<module>.lora_magnitude_vector` (out,): for a slice adapter the c_attn-wide vector, with
+m = ||W_k|| on the rows of the slices that are off (there PEFT's m / ||W + s B A|| is 1, as ours). A QLoRA
+adapter is an ordinary LoRA adapter (the 4-bit base is the base model's business), and merged_state_dict
+dequantizes an NF4 base before it adds dW.
 """
 
 from __future__ import annotations
@@ -34,13 +40,14 @@ from safetensors.torch import load_file, save_file
 from cli import UsageError
 from data.tokenizer import save_tokenizer
 from lora.config import LoRAConfig, LoRAConfigError
-from lora.lora import add_lora, lora_layers, trainable_report
+from lora.lora import ADAPTER_TENSORS, add_lora, lora_layers, trainable_report
 from model.gpt2 import GPT
 from model.hf import save_pretrained
+from model.nf4 import NF4Linear, nf4_weights
 
 CONFIG, WEIGHTS, WEIGHTS_BIN = "adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"
 PREFIX = "base_model.model."
-_KEY = re.compile(r"base_model\.model\.(?P<module>.+)\.lora_(?P<AB>[AB])\.weight")
+_KEY = re.compile(r"base_model\.model\.(?P<module>.+)\.lora_(?:(?P<AB>[AB])\.weight|(?P<m>magnitude_vector))")
 
 
 class AdapterError(UsageError):
@@ -61,12 +68,19 @@ def save_adapter(model: torch.nn.Module, folder: str | Path, base_model_name_or_
         raise AdapterError("the model has no LoRA layers to save; call inject_lora or load_adapter first")
     if len({m.rslora for m in layers.values()}) > 1:
         raise AdapterError("PEFT has one use_rslora per adapter; these LoRA layers mix both scalings")
+    dora = {hasattr(m, "lora_magnitude_vector") for m in layers.values()}
+    if len(dora) > 1:
+        raise AdapterError("PEFT has one use_dora per adapter; these layers mix DoRA and plain LoRA")
     first = next(iter(layers.values()))
     tensors, slices, ranks, alphas = {}, {}, {}, {}
     for name, m in layers.items():
         n = sum(m.slices) if m.slices else 1
         tensors[PREFIX + name + ".lora_A.weight"] = m.lora_A.detach().float().cpu().contiguous()  # (R, in)
         tensors[PREFIX + name + ".lora_B.weight"] = m.full_B().detach().float().cpu().contiguous()  # (out, R)
+        if True in dora:  # m over every output row (out,): ||W|| on the slices that are off
+            tensors[PREFIX + name + ".lora_magnitude_vector"] = (
+                m.magnitude().detach().float().cpu().contiguous()
+            )
         ranks[name] = n * m.rank
         alphas[name] = m.alpha * (math.sqrt(n) if m.rslora else n)  # PEFT's alpha / R (or / sqrt R) == ours
         if m.slices:
@@ -84,7 +98,7 @@ def save_adapter(model: torch.nn.Module, folder: str | Path, base_model_name_or_
         "fan_in_fan_out": True,  # HF GPT-2's Conv1D stores W as (in, out)
         "bias": "none",
         "use_rslora": first.rslora,
-        "use_dora": False,
+        "use_dora": True in dora,
         "modules_to_save": None,
         "init_lora_weights": True,
         "inference_mode": True,
@@ -137,26 +151,31 @@ def read_adapter(folder: str | Path) -> tuple[dict, list[dict]]:
     if "r" not in cfg or "lora_alpha" not in cfg:
         raise AdapterError(f"{folder / CONFIG} has no r and lora_alpha; restore it or save the adapter again")
     tensors, metadata = _read_weights(folder, hint)
-    if cfg.get("use_dora") or cfg.get("bias", "none") != "none" or cfg.get("modules_to_save"):
+    if cfg.get("bias", "none") != "none" or cfg.get("modules_to_save"):
         raise AdapterError(
-            f"{folder} uses DoRA, trained biases or modules_to_save, which this toolkit does not implement; "
-            "train a plain LoRA adapter (use_dora false, bias none)"
+            f"{folder} trains biases or modules_to_save, which this toolkit does not implement; "
+            "train a LoRA or DoRA adapter (bias none)"
         )
     modules: dict[str, dict] = {}
     for key, t in tensors.items():
         m = _KEY.fullmatch(key)
         if m is None:
             raise AdapterError(
-                f"{folder / WEIGHTS} has a tensor {key} that is not a LoRA A or B under {PREFIX}; "
-                "only plain LoRA adapters of a GPT-2 causal LM load"
+                f"{folder / WEIGHTS} has a tensor {key} that is not a LoRA A or B (or DoRA magnitude) under "
+                f"{PREFIX}; only LoRA and DoRA adapters of a GPT-2 causal LM load"
             )
         name = m["module"] if m["module"].startswith("transformer.") else "transformer." + m["module"]
-        modules.setdefault(name, {"name": name})[m["AB"]] = t.float()
+        modules.setdefault(name, {"name": name})[m["AB"] or "m"] = t.float()
     slices = json.loads(metadata.get("lora_slices", "{}"))
     out = []
     for name, mod in modules.items():
         if "A" not in mod or "B" not in mod or mod["A"].shape[0] != mod["B"].shape[1]:
             raise AdapterError(f"{folder}: {name} needs lora_A (R, in) and lora_B (out, R) of one rank R")
+        if bool(cfg.get("use_dora")) != ("m" in mod) or "m" in mod and mod["m"].shape != mod["B"].shape[:1]:
+            raise AdapterError(
+                f"{folder}: {name} must have a lora_magnitude_vector (out,) exactly when {CONFIG} says "
+                f"use_dora (it says {bool(cfg.get('use_dora'))}); the files do not match"
+            )
         R = mod["A"].shape[0]
         want = _pattern_value(cfg.get("rank_pattern") or {}, name, cfg["r"])
         if R != want:
@@ -214,7 +233,7 @@ def load_adapter(model: GPT, folder: str | Path, verbose: bool = False) -> list[
     layers = dict(model.named_modules())
     for mod in modules:
         linear, out, fan_in = layers.get(mod["name"]), mod["B"].shape[0], mod["A"].shape[1]
-        if not isinstance(linear, torch.nn.Linear):
+        if not isinstance(linear, (torch.nn.Linear, NF4Linear)):  # NF4Linear: a QLoRA base (model/nf4.py)
             raise AdapterError(
                 f"{folder} adapts {mod['name']}, which this {model.config.n_layer}-layer GPT-2 does not "
                 f"have; load it onto its base model ({base})"
@@ -230,7 +249,11 @@ def load_adapter(model: GPT, folder: str | Path, verbose: bool = False) -> list[
         alpha = mod["alpha"] / (math.sqrt(n) if rslora else n)  # undo save_adapter's rescaling
         try:
             mod["lora"] = LoRAConfig(
-                mod["rank"] // n, alpha, dropout=cfg.get("lora_dropout", 0.0), rslora=rslora
+                mod["rank"] // n,
+                alpha,
+                dropout=cfg.get("lora_dropout", 0.0),
+                rslora=rslora,
+                dora=bool(cfg.get("use_dora")),
             )
         except LoRAConfigError as e:
             raise AdapterError(f"{folder}: {mod['name']}: {e}") from None
@@ -240,6 +263,11 @@ def load_adapter(model: GPT, folder: str | Path, verbose: bool = False) -> list[
         with torch.no_grad():
             layer.lora_A.copy_(mod["A"])  # (R, in): A_q over A_v for a slice layer, as stored
             layer.lora_B.copy_(mod["B_ours"])
+            if "m" in mod:  # DoRA: a slice layer trains its slices' rows of the c_attn-wide vector
+                rows = mod["m"].split(layer.slice_out) if mod["slices"] else [mod["m"]]
+                layer.lora_magnitude_vector.copy_(
+                    torch.cat([r for r, on in zip(rows, mod["slices"] or [1]) if on])
+                )
     if verbose:
         r = trainable_report(model)
         print(f"loaded LoRA adapter {folder}: {len(modules)} modules, trainable params: {r['trainable']:,}")
@@ -263,14 +291,18 @@ def _unblock(mod: dict, folder) -> torch.Tensor:
 
 # ------------------------------------------------------------------ export
 def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The plain GPT state dict with every adapter folded in (W + s * B @ A in fp32, cast back). The model
-    itself is not touched: merged or not, it stays as it was."""
+    """The plain GPT state dict with every adapter folded in (W + dW in fp32, cast back to W's dtype; DoRA:
+    g * (W + s B A)) and every NF4 weight dequantized (to the dtype it was quantized from). The model itself
+    is not touched: merged or not, it stays as it was."""
     model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
-    layers = lora_layers(model)
-    sd = {k: v for k, v in model.state_dict().items() if k.rsplit(".", 1)[-1] not in ("lora_A", "lora_B")}
+    layers, nf4 = lora_layers(model), nf4_weights(model)
+    sd = {k: v for k, v in model.state_dict().items()
+          if k.rsplit(".", 1)[-1] not in ADAPTER_TENSORS and k.rpartition(".")[0] not in nf4}  # fmt: skip
+    for name, w in nf4.items():  # "...c_fc.weight": the NF4Weight module sits where the tensor did
+        sd[name] = w.dequantize()
     for name, m in layers.items():
         if not m.merged:
-            W = m.weight.detach()
+            W = m.dense_weight().detach()
             sd[name + ".weight"] = (W.float() + m.delta_weight().to(W.device)).to(W.dtype)
     return sd
 

@@ -2,9 +2,12 @@
 
     python -m profiler.memory --model gpt2-xl --lora-rank 8 --batch-size 4 --max-len 512 --dtype bf16
     python -m profiler.memory --model gpt2 --lora-rank 8 --batch-size 4 --max-len 256 --measure
-    python -m profiler.memory --model gpt2 --compare --ranks 1,8,64      # full vs LoRA: chart + table
+    python -m profiler.memory --model gpt2 --compare --ranks 1,8,64      # full, LoRA, DoRA, QLoRA: table
+    python -m profiler.memory --model gpt2-xl --lora-rank 8 --quantize nf4 --dtype bf16   # QLoRA vs LoRA
 
-Components (bytes):  params_frozen, params_trainable   numel * element_size of each parameter (tied once)
+Components (bytes):  params_frozen, params_trainable   numel * element_size of each parameter (tied once);
+                                                        buffers count as frozen: a QLoRA base's NF4 codes
+                                                        and scales (0.516 bytes per weight), DoRA's ||W||^2
                      grads                              one per trainable parameter, in its dtype
                      optimizer                          AdamW: exp_avg + exp_avg_sq per trainable parameter,
                                                         plus a 4-byte step counter per parameter tensor
@@ -15,8 +18,10 @@ Measured: parameters, grads and optimizer state are exact sums over the tensors;
 saved-tensor hooks (each storage once, parameters excluded), attributed to the module running at the time;
 CUDA adds the allocator's peaks per phase, CPU the heap in use (glibc mallinfo2) and the process peak RSS.
 Predicted: the same model built on the meta device (no weights) for the exact parameter dtypes, then the
-bytes each op saves, op by op (see _block_saves). Shapes: B batch, T time, C n_embd, nh heads, V vocab,
-N target tokens (lm_head runs on those only), L n_layer, r LoRA rank. The walkthrough is docs/memory.md.
+bytes each op saves, op by op (see _block_saves). A QLoRA step also holds, for the length of one matmul, the
+weight it dequantizes (section "QLoRA and DoRA" below), which the peak bound adds. Shapes: B batch, T time,
+C n_embd, nh heads, V vocab, N target tokens (lm_head runs on those only), L n_layer, r LoRA rank. The
+walkthrough is docs/memory.md.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import ctypes
 import dataclasses
 import datetime
 import json
+import math
 import platform
 import resource
 import subprocess
@@ -35,10 +41,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from cli import UsageError, opt, parse_config, resolve_dtype, run_main
 from lora.lora import LoRALinear
 from model.gpt2 import IGNORE
+from model.nf4 import BLOCK, GROUP, NF4Weight, nf4_numel, nf4_weights
 from training.build import build_model, meta_model
 from training.config import TrainConfig, validate
 from training.hardware import peak_rss_bytes
@@ -65,9 +75,11 @@ def nbytes(tensors) -> int:
 
 
 def param_bytes(model) -> tuple[int, int]:
-    """(frozen, trainable) bytes; parameters() yields the tied wte/lm_head weight once."""
+    """(frozen, trainable) bytes; parameters() yields the tied wte/lm_head weight once. Buffers are frozen
+    bytes too: NF4 codes and scales (QLoRA), DoRA's cached row norms; GPT-2 itself has none."""
     params = list(model.parameters())
-    return nbytes(p for p in params if not p.requires_grad), nbytes(p for p in params if p.requires_grad)
+    frozen = nbytes(p for p in params if not p.requires_grad) + nbytes(model.buffers())
+    return frozen, nbytes(p for p in params if p.requires_grad)
 
 
 def adamw_state_bytes(model) -> int:
@@ -102,12 +114,14 @@ def _linear_saves(lin, rows: int, x_rg: bool, x_kept: bool, s: Saves, x_bytes: i
     x_bytes: its element size (a LayerNorm output is fp32 even under autocast)."""
     out_f, in_f = lin.weight.shape
     lora = isinstance(lin, LoRALinear)
+    nf4 = isinstance(lin.weight, NF4Weight)  # model/nf4.py: keeps no W for backward, it dequantizes again
+    w_rg = not nf4 and lin.weight.requires_grad
     drop = lora and getattr(lin.dropout, "p", 0) > 0  # LoRA's A then multiplies a new tensor, dropout(x)
-    if (lin.weight.requires_grad or lora and not drop) and not x_kept:  # x, for dW or dA (autocast: a copy)
+    if (w_rg or lora and not drop) and not x_kept:  # x, for dW or dA (autocast: a copy)
         s.batch += rows * in_f * s.act
     if drop:  # dropout(x), for dA, and (if x needs grad) dropout's scaled mask, in x's dtype
         s.batch += rows * in_f * (s.act + x_bytes * x_rg)
-    if x_rg:  # W, for dx
+    if x_rg and not nf4:  # W, for dx
         s.copy(lin.weight)
     if lora:
         nr = lin.lora_A.shape[0]  # n*r
@@ -118,7 +132,9 @@ def _linear_saves(lin, rows: int, x_rg: bool, x_kept: bool, s: Saves, x_bytes: i
         else:
             s.copy(lin.lora_B)
         s.batch += rows * nr * s.act  # s * (x A^T), for dB
-    return x_rg or lin.weight.requires_grad or lora
+        if hasattr(lin, "lora_magnitude_vector"):
+            _dora_saves(lin, rows, drop, x_rg, s)
+    return x_rg or w_rg or lora
 
 
 def _block_saves(block, B: int, T: int, x_rg: bool, pack: bool, s: Saves) -> bool:
@@ -195,6 +211,7 @@ def estimate(cfg: TrainConfig, B: int | None = None, T: int | None = None, n_tar
     act = activation_bytes(model, B, T, N, amp, cfg.pack, cfg.grad_checkpoint)
     scopes = act["scopes"]
     frozen, trainable = param_bytes(model)
+    dequant = nf4_dequant_transient(model, amp)
     comp = dict(
         params_frozen=frozen,
         params_trainable=trainable,
@@ -207,24 +224,30 @@ def estimate(cfg: TrainConfig, B: int | None = None, T: int | None = None, n_tar
     # At the loss, beside the fp32 softmax it keeps (the logits component): the logits it was given, fp32
     # or (autocast) bf16/fp16, whose fp32 copy becomes that softmax in place.
     transient = N * V * (4 if amp is None else 2)
-    return dict(
+    est = dict(
         components=comp,
         total=sum(comp.values()),
-        peak_upper_bound=sum(comp.values()) + transient + act["recompute"],
+        peak_upper_bound=sum(comp.values()) + transient + act["recompute"] + dequant,
         activations_by_component={k: v for k, v in scopes.items() if k != "logits"},
         details=dict(
             weight_copies=act["weight_copies"],
             checkpoint_recompute=act["recompute"],
             loss_transient=transient,
+            nf4_dequant_transient=dequant,
+            nf4_bytes=nbytes(t for w in nf4_weights(model).values() for t in w.buffers()),
         ),
         counts=dict(
             params_trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
-            params_frozen=sum(p.numel() for p in model.parameters() if not p.requires_grad),
+            params_frozen=sum(p.numel() for p in model.parameters() if not p.requires_grad)
+            + nf4_numel(model),
+            params_nf4=nf4_numel(model),
         ),
         config=dict(
             model=cfg.model,
             lora_rank=0 if lora is None else lora.rank,
             lora_targets=None if lora is None else cfg.lora_targets,
+            lora_dora=bool(lora and lora.dora),
+            quantize=cfg.quantize if lora is not None else "none",
             B=B,
             T=T,
             n_targets=N,
@@ -236,6 +259,9 @@ def estimate(cfg: TrainConfig, B: int | None = None, T: int | None = None, n_tar
         ),  # fmt: skip
         how="predicted: the model on the meta device for parameter dtypes; activations op by op",
     )
+    if est["counts"]["params_nf4"]:  # QLoRA: LoRA at the same settings, beside it
+        est["vs_lora"] = qlora_vs_lora(cfg, est, B, T, N)
+    return est
 
 
 def fmt_bytes(n: float | None) -> str:
@@ -250,7 +276,8 @@ def fmt_bytes(n: float | None) -> str:
 def format_estimate(est: dict) -> str:
     """The estimate as a few readable lines (what train.py --dry-run prints)."""
     c = est["config"]
-    mode = "full fine-tune" if not c["lora_rank"] else f"LoRA r={c['lora_rank']} ({c['lora_targets']})"
+    kind = ("Q" if c.get("quantize") == "nf4" else "") + ("DoRA" if c.get("lora_dora") else "LoRA")
+    mode = "full fine-tune" if not c["lora_rank"] else f"{kind} r={c['lora_rank']} ({c['lora_targets']})"
     lines = [
         f"memory estimate: {c['model']} {mode}, B={c['B']} T={c['T']} N={c['n_targets']} targets, "
         f"{c['dtype']}{', packed' if c['pack'] else ''}{', grad checkpoint' if c['grad_checkpoint'] else ''}"
@@ -262,8 +289,108 @@ def format_estimate(est: dict) -> str:
     if d["weight_copies"]:
         lines.append(f"  (activations include {fmt_bytes(d['weight_copies'])} of autocast weight copies)")
     extra = " + 1 block recompute" if d["checkpoint_recompute"] else ""
+    extra += " + one NF4 dequantization" if d.get("nf4_dequant_transient") else ""
     lines.append(f"  peak (upper bound, + loss working set{extra}): {fmt_bytes(est['peak_upper_bound'])}")
+    if "vs_lora" in est:
+        lines += format_qlora(est)
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ QLoRA and DoRA
+def nf4_dequant_peak_bytes(numel: int) -> int:
+    """Working memory of dequantizing one NF4 weight of `numel` entries (model.nf4.nf4_dequantize), at its
+    peak: the fp32 values (4 n), the int32 byte index they are looked up by (2 n: one int per two weights)
+    and the block absmaxes (4 bytes per block of 64, padded to whole groups of 256). The same in fp32 and
+    bf16: the bf16 copy (2 n) is made after the index is freed. Exact: tests/profiler/test_memory.py
+    measures it with LiveBytes."""
+    return 6 * numel + 4 * GROUP * math.ceil(numel // BLOCK / GROUP)
+
+
+def nf4_dequant_transient(model, amp: torch.dtype | None = None) -> int:
+    """What a QLoRA step adds on top of the saved tensors: the largest weight's dequantization working
+    memory, since nf4_linear dequantizes one weight at a time (forward, and again in backward) and frees it
+    after its matmul. 0 without NF4 weights. (amp: kept for the signature; the peak does not depend on it.)"""
+    return max((nf4_dequant_peak_bytes(w.numel()) for w in nf4_weights(model).values()), default=0)
+
+
+def _dora_saves(lin, rows: int, dropout: bool, x_rg: bool, s: Saves) -> None:
+    """What DoRA's forward (lora/dora.py) saves beyond LoRA's: y = g * (x W^T + s x A^T B^T) keeps the
+    sum (rows, out) and g (out,) for the product, and ||W + s B A|| (out,) for g = m / ||.||. With dropout
+    (PEFT's form, y = x W^T + (g - 1) * xd W^T + g * u) two products keep xd W^T and u, g - 1 and g, and
+    the extra base matmul on xd keeps its weight (both where x needs a gradient)."""
+    out_f = lin.weight.shape[0]
+    if not dropout:
+        s.batch += rows * out_f * s.act
+        s.weights += 2 * out_f * 4
+    else:
+        s.batch += 2 * rows * out_f * s.act
+        s.weights += (2 + x_rg) * out_f * 4  # norm, g; g - 1 only where xd W^T needs a gradient
+        if x_rg and not isinstance(lin.weight, NF4Weight):
+            s.copy(lin.weight)
+
+
+def qlora_vs_lora(cfg: TrainConfig, est: dict, B: int, T: int, N: int) -> dict:
+    """The same settings without --quantize: LoRA's (DoRA's) frozen bytes and peak bound beside QLoRA's."""
+    lora = estimate(replace(cfg, quantize="none"), B=B, T=T, n_targets=N)
+    saved = lora["peak_upper_bound"] - est["peak_upper_bound"]
+    return dict(lora_params_frozen=lora["components"]["params_frozen"],
+                lora_peak_upper_bound=lora["peak_upper_bound"], saved=saved,
+                saved_share=saved / lora["peak_upper_bound"])  # fmt: skip
+
+
+def format_qlora(est: dict) -> list[str]:
+    """The dry run's QLoRA lines: what 4 bits save against LoRA at these settings, and what they cost."""
+    q, d = est["vs_lora"], est["details"]
+    ours, theirs = ("QDoRA", "DoRA") if est["config"]["lora_dora"] else ("QLoRA", "LoRA")
+    if q["saved"] > 0:
+        verdict = f"{ours} saves {fmt_bytes(q['saved'])} ({100 * q['saved_share']:.0f}% of {theirs}'s peak)"
+    else:
+        verdict = f"{ours} does NOT pay here: {fmt_bytes(-q['saved'])} more than {theirs}"
+    return [
+        f"  {ours} vs {theirs} at these settings ({theirs}'s frozen base in the run's dtype):",
+        f"    frozen weights  {fmt_bytes(q['lora_params_frozen']):>10s} -> "
+        f"{fmt_bytes(est['components']['params_frozen'])} (the {est['counts']['params_nf4']:,} block weights "
+        f"in NF4: {fmt_bytes(d['nf4_bytes'])})",
+        f"    dequantization  {'':>10s}  + {fmt_bytes(d['nf4_dequant_transient'])} (the largest weight, "
+        "while it is dequantized: one at a time)",
+        f"    peak bound      {fmt_bytes(q['lora_peak_upper_bound']):>10s} -> "
+        f"{fmt_bytes(est['peak_upper_bound'])}: {verdict}",
+    ]
+
+
+class LiveBytes(TorchDispatchMode):
+    """Bytes of tensors created under it and still alive: `peak` is the most at any one time (op by op).
+    Exact on any device: each new storage is counted once (a view or an in-place result is not new), until
+    a weak reference says it was freed."""
+
+    def __init__(self):
+        super().__init__()
+        self.live, self.peak, self.refs = 0, 0, {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        for key, (ref, n) in list(self.refs.items()):  # storages freed since the last op
+            if ref.expired():
+                self.live -= n
+                del self.refs[key]
+        out = func(*args, **(kwargs or {}))
+        inputs = {StorageWeakRef(t.untyped_storage()).cdata for t in tree_leaves((args, kwargs))
+                  if isinstance(t, torch.Tensor)}  # fmt: skip
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().nbytes():
+                ref = StorageWeakRef(t.untyped_storage())
+                if ref.cdata not in self.refs and ref.cdata not in inputs:  # new, not a view or in place
+                    self.refs[ref.cdata] = (ref, t.untyped_storage().nbytes())
+                    self.live += t.untyped_storage().nbytes()
+        self.peak = max(self.peak, self.live)
+        return out
+
+
+def measure_dequant_peak(weight: NF4Weight, dtype: torch.dtype = torch.float32) -> int:
+    """The measured counterpart of nf4_dequant_peak_bytes: the peak of live new bytes in one dequantize()."""
+    weight.dequantize(dtype)  # the lookup tables are made once per device: not this call's bytes
+    with LiveBytes() as live:
+        weight.dequantize(dtype)
+    return live.peak
 
 
 # ------------------------------------------------------------------------------------ measurement
@@ -561,6 +688,10 @@ class MemoryConfig:
     lora_rank: int = opt(8, "LoRA rank r; 0 = full fine-tune")
     lora_alpha: float = opt(16.0, "LoRA alpha")
     lora_targets: str = opt("q,v", "LoRA targets, as train.py takes them")
+    lora_dora: bool = opt(False, "DoRA: a learned magnitude per output row, as train.py --lora-dora")
+    quantize: str = opt(
+        "none", "nf4: the frozen block weights in 4 bits (QLoRA), as train.py", choices=["none", "nf4"]
+    )
     batch_size: int = opt(8, "examples per micro-batch")
     max_len: int | None = opt(None, "tokens per row (T); default min(512, the model's context)")
     pack: bool = opt(False, "packed rows with a block-causal mask")
@@ -572,8 +703,12 @@ class MemoryConfig:
     grad_checkpoint: bool = opt(False, "recompute each block in backward")
     json: bool = opt(False, "print JSON (bytes) instead of a table")
     measure: bool = opt(False, "also run one real step here and print measured beside predicted")
-    compare: bool = opt(False, "profile full fine-tuning and LoRA --ranks: chart + markdown table")
+    compare: bool = opt(
+        False, "profile full fine-tuning, LoRA --ranks and --variants: chart + markdown table"
+    )
     ranks: str = opt("1,8,64", "LoRA ranks for --compare (full fine-tuning is always included)")
+    variants: str = opt("dora,qlora", "--compare: also these at rank 8 (else --ranks' first): dora, qlora, "
+                                      "qdora; empty for none")  # fmt: skip
     out_dir: str = opt("runs/memory", "where --compare writes memory_compare.{md,png,json}")
 
 
@@ -606,7 +741,7 @@ def in_subprocess(c: MemoryConfig) -> dict:
     argv = [sys.executable, "-m", "profiler.memory", "--measure", "--json"]
     for f in dataclasses.fields(MemoryConfig):
         v = getattr(c, f.name)
-        if f.name in ("json", "measure", "compare", "ranks", "out_dir") or v is None:
+        if f.name in ("json", "measure", "compare", "ranks", "variants", "out_dir") or v is None:
             continue
         flag = "--" + f.name.replace("_", "-")
         argv += ([flag] if v else ["--no-" + flag[2:]]) if isinstance(v, bool) else [flag, str(v)]
@@ -616,26 +751,42 @@ def in_subprocess(c: MemoryConfig) -> dict:
     return json.loads(done.stdout)
 
 
+VARIANTS = {  # --variants name -> (row label, the flags it sets)
+    "dora": ("DoRA", dict(lora_dora=True, quantize="none")),
+    "qlora": ("QLoRA", dict(lora_dora=False, quantize="nf4")),
+    "qdora": ("QDoRA", dict(lora_dora=True, quantize="nf4")),
+}
+
+
 def compare(c: MemoryConfig, log=print, isolate: bool = True) -> str:
-    """Full fine-tuning and each LoRA rank, measured and predicted; each in its own process by default."""
+    """Full fine-tuning, each LoRA rank and each variant (DoRA, QLoRA at rank 8), measured and predicted;
+    each in its own process by default."""
     try:
-        ranks = [0] + [int(r) for r in c.ranks.split(",") if r.strip()]
+        ranks = [int(r) for r in c.ranks.split(",") if r.strip()]
     except ValueError:
         raise UsageError(f"--ranks {c.ranks!r} must be comma-separated integers, e.g. 1,8,64") from None
+    variants = [v.strip() for v in c.variants.split(",") if v.strip()]
+    if unknown := [v for v in variants if v not in VARIANTS]:
+        raise UsageError(f"--variants {','.join(unknown)}: choose from {', '.join(VARIANTS)}")
+    plain = dict(lora_dora=False, quantize="none")
+    rows = [("full", "full", replace(c, lora_rank=0, **plain))]
+    rows += [(f"LoRA r={r}", f"lora{r}", replace(c, lora_rank=r, **plain)) for r in ranks]
+    at = 8 if 8 in ranks or not ranks else ranks[0]
+    rows += [
+        (f"{VARIANTS[v][0]} r={at}", f"{v}{at}", replace(c, lora_rank=at, **VARIANTS[v][1])) for v in variants
+    ]
     results = []
-    for r in ranks:
-        log(f"profiling {'full fine-tuning' if r == 0 else f'LoRA r={r}'} ...")
-        one = replace(c, lora_rank=r)
-        results.append((r, in_subprocess(one) if isolate else measure_and_predict(one)))
+    for label, key, one in rows:
+        log(f"profiling {label} ...")
+        results.append((label, key, in_subprocess(one) if isolate else measure_and_predict(one)))
     return write_comparison(Path(c.out_dir), c, results, log)
 
 
-def write_comparison(out: Path, c: MemoryConfig, results: list[tuple[int, dict]], log=print) -> str:
-    label = {0: "full"}
+def write_comparison(out: Path, c: MemoryConfig, results: list[tuple[str, str, dict]], log=print) -> str:
     cols = ["params (frozen + trainable)", "grads", "optimizer", "activations", "logits", "total", "peak"]
     head = f"| {c.model} | trainable params | " + " | ".join(cols) + " |"
     lines = [head, "|" + "---|" * (len(cols) + 2)]
-    for r, res in results:
+    for name, _, res in results:
         m, p = res["measured"], res["predicted"]
         mc, pc = m["components"], p["components"]
 
@@ -644,7 +795,7 @@ def write_comparison(out: Path, c: MemoryConfig, results: list[tuple[int, dict]]
 
         peaks = [ph.get("max_allocated", ph.get("peak_rss_so_far")) for ph in m["phases"].values()]
         row = [
-            label.get(r, f"LoRA r={r}"),
+            name,
             f"{p['counts']['params_trainable']:,}",
             cell(mc["params_frozen"] + mc["params_trainable"], pc["params_frozen"] + pc["params_trainable"]),
             cell(mc["grads"], pc["grads"]),
@@ -655,10 +806,10 @@ def write_comparison(out: Path, c: MemoryConfig, results: list[tuple[int, dict]]
             fmt_bytes(max(peaks)),
         ]
         lines.append("| " + " | ".join(row) + " |")
-    first = results[0][1]["measured"]
+    first = results[0][2]["measured"]
     device = first["device"]
     b = first["batch"]
-    dtype = results[0][1]["predicted"]["config"]["dtype"]
+    dtype = results[0][2]["predicted"]["config"]["dtype"]
     pk = "CUDA max_memory_allocated over the step" if device != "cpu" else "process peak RSS (VmHWM)"
     note = (
         f"\n{c.model}, B={b['B']} T={b['T']} ({b['n_targets']} targets), {dtype}"
@@ -669,12 +820,11 @@ def write_comparison(out: Path, c: MemoryConfig, results: list[tuple[int, dict]]
     table = "\n".join(lines) + "\n" + note
     out.mkdir(parents=True, exist_ok=True)
     (out / "memory_compare.md").write_text(table)
-    (out / "memory_compare.json").write_text(
-        json.dumps({label.get(r, f"lora{r}"): res for r, res in results})
-    )
-    labels = [label.get(r, f"r={r}") for r, _ in results]
-    plot_bars(out / "memory_compare.png", labels, [(res["measured"], res["predicted"]) for _, res in results],
-              f"{c.model}: full fine-tuning vs LoRA, B={b['B']} T={b['T']}")  # fmt: skip
+    (out / "memory_compare.json").write_text(json.dumps({key: res for _, key, res in results}))
+    labels = [name.replace("LoRA r=", "r=") if name.startswith("LoRA") else name for name, _, _ in results]
+    pairs = [(res["measured"], res["predicted"]) for *_, res in results]
+    plot_bars(out / "memory_compare.png", labels, pairs,
+              f"{c.model}: full fine-tuning, LoRA and its variants, B={b['B']} T={b['T']}")  # fmt: skip
     log(table)
     log(f"wrote {out / 'memory_compare.md'}, {out / 'memory_compare.png'}")
     return table

@@ -3,6 +3,7 @@ tested beside their files in tests/training/."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -54,6 +55,12 @@ def write_corpus(path: Path, n: int = 160) -> Path:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     return write_corpus(tmp_path_factory.mktemp("corpus") / "train.jsonl")
+
+
+@pytest.fixture(scope="session")
+def pysrc_cache(tmp_path_factory) -> Path:
+    """One --cache-dir for every run on the embedded corpus: the standard library is mined once."""
+    return tmp_path_factory.mktemp("pysrc-cache")
 
 
 def run_train(args: list[str], cwd: Path, check: bool = True, **kw) -> subprocess.CompletedProcess:
@@ -260,10 +267,17 @@ def test_help_and_dry_run_need_no_network(tmp_path, corpus):
     )
     assert "plan:" in cp.stdout and "trainable params: 294,912" in cp.stdout
     assert not (tmp_path / "dry").exists()  # a dry run writes nothing
+    xl = ["--model", "gpt2-xl", "--lora-rank", "8", "--quantize", "nf4", "--dry-run", "--dtype", "bf16"]
+    cp = run_train([*xl, "--data", f"jsonl:{corpus}", "--out-dir", str(tmp_path / "dry")], cwd=tmp_path)
+    # the README's QLoRA dry run: 1.47B block weights in NF4, beside LoRA at the same settings
+    assert "all params: 1,560,068,800" in cp.stdout and "QLoRA r=8 (q,v)" in cp.stdout
+    assert "QLoRA vs LoRA at these settings" in cp.stdout and "QLoRA saves 2.0 GiB" in cp.stdout
 
 
 @pytest.mark.slow
-def test_lora_from_transformers_weights_learns_the_embedded_corpus_and_final_loads_in_peft(tmp_path):
+def test_lora_from_transformers_weights_learns_the_embedded_corpus_and_final_loads_in_peft(
+    tmp_path, pysrc_cache
+):
     from peft import PeftModel
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -274,7 +288,7 @@ def test_lora_from_transformers_weights_learns_the_embedded_corpus_and_final_loa
     hf_dir = tmp_path / "hf"
     GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=4, n_embd=64, n_positions=256)).save_pretrained(hf_dir)
     out = tmp_path / "run"
-    args = ["--weights", str(hf_dir), "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(out)]
+    args = ["--weights", str(hf_dir), "--cache-dir", str(pysrc_cache), "--out-dir", str(out)]
     args += "--model tiny --lora-rank 8 --lora-targets all --data pysrc --max-len 128 --batch-size 4".split()
     args += "--lr 1e-2 --max-steps 100 --log-every 1 --eval-every 0 --dtype fp32".split()
     run_train(args, cwd=tmp_path)
@@ -293,6 +307,62 @@ def test_lora_from_transformers_weights_learns_the_embedded_corpus_and_final_loa
         base = GPT2LMHeadModel.from_pretrained(hf_dir)(x).logits
     torch.testing.assert_close(mine, theirs, atol=1e-4, rtol=0)
     assert (theirs - base).abs().max() > 1e-2  # the adapter really loaded into PEFT
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "model, steps, args",
+    [
+        ("tiny", 24, ["--lr", "1e-2", "--batch-size", "4"]),
+        ("gpt2", 4, ["--lr", "2e-3", "--batch-size", "2"]),
+    ],
+    ids=["tiny", "124m"],
+)
+def test_qlora_learns_the_embedded_corpus_resumes_bit_exactly_and_merged_equals_it(
+    tmp_path, pysrc_cache, model, steps, args
+):
+    """train.py --quantize nf4 on a random base and the embedded corpus: the loss falls; a copy of the run
+    cut back to its middle checkpoint and continued with --resume auto ends with the same losses and
+    bit-identical adapters; merged/ (W dequantized, dW added in fp32) loads in transformers with the logits
+    of the trained model, rebuilt from base/ + the 4-bit quantization + final/ (tiny: and so does the model
+    evaluate.py --run loads)."""
+    from transformers import GPT2LMHeadModel
+
+    from lora.peft_io import load_adapter
+    from model.hf import load_pretrained
+    from model.nf4 import quantize_model
+
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    common = ["--model", model, "--init", "random", "--lora-rank", "8", "--lora-targets", "all", "--data",
+              "pysrc", "--cache-dir", str(pysrc_cache), "--max-len", "64", "--max-steps", str(steps),
+              "--save-every", str(steps // 2), "--log-every", "1", "--eval-every", "0", "--eval-batches", "1",
+              "--dtype", "fp32", "--quantize", "nf4", *args]  # fmt: skip
+    run_train([*common, "--out-dir", str(whole)], cwd=tmp_path)
+    curve = [loss for _, loss in losses(whole)]
+    k = max(1, steps // 4)  # a random base with frozen embeddings moves slowly: a few hundredths per step
+    assert sum(curve[-k:]) / k < sum(curve[:k]) / k - 0.05, curve
+
+    shutil.copytree(whole, cut)  # the same run, as if it had stopped at its middle checkpoint
+    for gone in (f"checkpoints/step-{steps}", "final", "merged", "summary.json"):
+        shutil.rmtree(cut / gone, ignore_errors=True) if (cut / gone).is_dir() else (cut / gone).unlink()
+    run_train(["--resume", "auto", "--out-dir", str(cut)], cwd=tmp_path)
+    assert schedule(cut) == schedule(whole)
+    a = torch.load(whole / "checkpoints" / f"step-{steps}" / "state.pt", weights_only=False)["trainable"]
+    b = torch.load(cut / "checkpoints" / f"step-{steps}" / "state.pt", weights_only=False)["trainable"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    trained = load_pretrained(str(whole / "base"))
+    quantize_model(trained)  # the same codes as in training: quantization is deterministic
+    load_adapter(trained, whole / "final")
+    x = torch.randint(0, 50257, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = trained.eval()(x)
+        theirs = GPT2LMHeadModel.from_pretrained(whole / "merged").eval()(x).logits
+        torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=0)
+        if model == "tiny":  # evaluate.py --run: the base through NF4 and back, the adapter merged
+            opts = runs.RunModelOptions(run=str(whole))
+            evaluated, _ = runs.load_model_for_inference(opts, torch.device("cpu"), torch.float32)
+            torch.testing.assert_close(evaluated(x), ours, atol=1e-4, rtol=0)
 
 
 @pytest.mark.slow

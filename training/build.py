@@ -1,7 +1,8 @@
-"""The model to train: GPT-2 with pretrained or random weights, LoRA injected per the run's LoRAConfig, the
-frozen weights' dtype chosen, the fast kernels swapped in; and its tokenizer (resolve_tokenizer), which the
-data is tokenized with and which every checkpoint of the run carries. The profiler builds the same model on
-the meta device (no weights) to predict its memory."""
+"""The model to train: GPT-2 with pretrained or random weights, the frozen block weights in NF4 for QLoRA
+(--quantize nf4), LoRA injected per the run's LoRAConfig, the frozen weights' dtype chosen, the fast kernels
+swapped in; and its tokenizer (resolve_tokenizer), which the data is tokenized with and which every
+checkpoint of the run carries. The profiler builds the same model on the meta device (no weights) to predict
+its memory."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 
 from cli import UsageError
 from data.tokenizer import Tokenizer, get_tokenizer, tokenizer_of
-from lora.lora import LoRALinear, inject_lora
+from lora.lora import inject_lora
 from model.gpt2 import GPT, config_for
 from model.hf import (
     HUB_IDS,
@@ -26,6 +27,7 @@ from model.hf import (
     tokenizer_for,
 )
 from model.kernels import use_fast_kernels
+from model.nf4 import NF4Linear, quantize_model
 from training.config import TrainConfig
 
 
@@ -54,17 +56,18 @@ def build_model(cfg: TrainConfig, device: torch.device, dtype: torch.dtype, log:
     if lora is not None:
         if save_base_to is not None and not (save_base_to / "base").exists():
             save_pretrained(model, save_base_to / "base")
-        inject_lora(model, lora, verbose=False)
+        if cfg.quantize == "nf4":  # QLoRA: the block Linears' weights in 4 bits (from fp32, as loaded)
+            quantize_model(model)
+        if dtype == torch.bfloat16:
+            # Frozen Linear weights (and biases) live in bf16: half the memory, and autocast stops re-casting
+            # them every step. Embeddings, LayerNorms and the adapters (made next, in fp32) stay fp32.
+            for mod in model.modules():
+                if isinstance(mod, (torch.nn.Linear, NF4Linear)) and mod is not model.lm_head:
+                    for p in mod.parameters(recurse=False):
+                        p.data = p.data.to(torch.bfloat16)
+        inject_lora(model, lora, verbose=False)  # every parameter frozen, the adapters added
     model.to(device)
     use_fast_kernels(model)
-    if lora is not None and dtype == torch.bfloat16:
-        # Frozen Linear weights live in bf16: half the memory, and autocast stops re-casting them every
-        # step. Embeddings, LayerNorms and everything trainable stay fp32.
-        for mod in model.modules():
-            if isinstance(mod, (torch.nn.Linear, LoRALinear)) and mod is not model.lm_head:
-                for p in mod.parameters(recurse=False):
-                    if not p.requires_grad:
-                        p.data = p.data.to(torch.bfloat16)
     model.grad_checkpoint = cfg.grad_checkpoint
     return (
         model.train()

@@ -133,9 +133,16 @@ def default_lr(lora: LoRAConfig | None) -> float:
     return 5e-5 if lora is None else 2e-4
 
 
+def method_name(cfg) -> str:
+    """full, lora, dora, qlora or qdora: the kind of run (for folder names and comparison tables)."""
+    if cfg.lora_rank == 0:
+        return "full"
+    return ("q" if cfg.quantize == "nf4" else "") + ("dora" if cfg.lora_dora else "lora")
+
+
 def default_out_dir(cfg: TrainConfig) -> str:
     lora = cfg.lora()
-    return f"runs/{cfg.model}-{'full' if lora is None else f'lora{lora.rank}'}"
+    return f"runs/{cfg.model}-{'full' if lora is None else f'{method_name(cfg)}{lora.rank}'}"
 
 
 def train_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:

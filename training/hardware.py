@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from model.nf4 import nf4_numel
+
 GPU_PEAK_TFLOPS = {  # name: (dense bf16/fp16 tensor-core peak, plain fp32 peak), from the vendors' sheets
     "H100": (989.0, 67.0),
     "H200": (989.0, 67.0),
@@ -113,7 +115,7 @@ def flops_per_token(model, seq_len: int) -> float:
     """Training FLOPs per token: 6 x trainable + 4 x frozen parameters (frozen weights still pass
     gradients to their inputs, but need no weight gradient), plus attention scores 12 * L * T * C."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad) + nf4_numel(model)  # QLoRA
     c = model.config
     return 6 * trainable + 4 * frozen + 12 * c.n_layer * seq_len * c.n_embd
 

@@ -18,8 +18,9 @@ from tqdm import tqdm
 
 from data.tokenizer import tokenizer_of
 from generation import generate
+from model.nf4 import nf4_numel
 from training.checkpoint import atomic_write_text
-from training.config import TrainConfig
+from training.config import TrainConfig, method_name
 from training.hardware import memory_bytes
 from training.tensorboard import EventWriter
 
@@ -164,7 +165,7 @@ def write_summary(out: Path, model, cfg: TrainConfig, train_time: float, **extra
     speeds = [r["tokens_per_sec"] for r in train_rows[1:] or train_rows]  # the first step warms up
     summary = dict(
         trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
-        total_params=sum(p.numel() for p in model.parameters()),
+        total_params=sum(p.numel() for p in model.parameters()) + nf4_numel(model),  # NF4 weights too
         peak_mem_bytes=max((r["mem_bytes"] for r in train_rows), default=0),
         train_time_s=round(train_rows[-1]["elapsed_s"] if train_rows else train_time, 2),
         tokens_per_sec=round(float(np.median(speeds)), 1),
@@ -172,6 +173,7 @@ def write_summary(out: Path, model, cfg: TrainConfig, train_time: float, **extra
         final_val_loss=vals[-1] if vals else None,
         steps=train_rows[-1]["step"] if train_rows else 0,
         lora_rank=cfg.lora_rank,
+        method=method_name(cfg),  # full, lora, dora, qlora or qdora
         init=cfg.init,
         model=cfg.model if cfg.weights is None else cfg.weights,  # the preset, or the weights it came from
         architecture=model.config.to_dict(),  # what was trained, whatever the preset says

@@ -198,10 +198,15 @@ def test_compare_writes_a_markdown_table_and_a_chart(tmp_path):
     compare(parse_config(MemoryConfig, argv), log=lambda *a: None, isolate=False)  # the CLI: one process each
     table = (tmp_path / "memory_compare.md").read_text()
     assert "| full |" in table and "| LoRA r=2 |" in table and "peak RSS" in table
+    assert "| DoRA r=2 |" in table and "| QLoRA r=2 |" in table  # --variants dora,qlora at the rank given
     assert (tmp_path / "memory_compare.png").stat().st_size > 10_000
     runs = json.loads((tmp_path / "memory_compare.json").read_text())
     full, lora = runs["full"]["measured"]["components"], runs["lora2"]["measured"]["components"]
     assert lora["optimizer"] < full["optimizer"] / 100 and lora["params_frozen"] == full["params_trainable"]
+    qlora, dora = runs["qlora2"]["measured"]["components"], runs["dora2"]["measured"]["components"]
+    assert (
+        qlora["params_frozen"] < lora["params_frozen"] and dora["params_trainable"] > lora["params_trainable"]
+    )
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
@@ -235,3 +240,70 @@ print(peak1 - peak0)
     softmax = V * N * 4  # the logits component, fp32
     mib = f"grew {grown / 2**20:.0f} MiB, the softmax is {softmax / 2**20:.0f} MiB"
     assert 0.9 * softmax < grown < 1.25 * softmax, mib
+
+
+# ------------------------------------------------------------------------------------ QLoRA and DoRA
+@pytest.mark.parametrize(
+    "mode",
+    [
+        dict(quantize="nf4", dtype="fp32"),
+        dict(quantize="nf4", dtype="bf16", lora_targets="all"),
+        dict(lora_dora=True, dtype="bf16"),
+        dict(lora_dora=True, quantize="nf4", dtype="fp32", lora_targets="all", lora_dropout=0.1),
+    ],
+    ids=["qlora-fp32", "qlora-all-bf16", "dora-bf16", "qdora-all-dropout"],
+)
+def test_qlora_and_dora_steps_are_predicted_byte_for_byte(mode):
+    """NF4 codes and scales are frozen bytes (predicted from the meta model = the real buffers); the saved
+    tensors, op by op, match a measured step exactly, block by block."""
+    m, p = measured_and_predicted(replace(TINY, lora_rank=4, batch_size=2, **mode))
+    for k in ("params_frozen", "params_trainable", "grads", "optimizer", "activations", "logits"):
+        assert m["components"][k] == p["components"][k], k
+    for scope, got in m["activations_by_component"].items():  # block by block
+        assert p["activations_by_component"][scope] == got, scope
+
+
+def test_nf4_bytes_of_every_gpt2_size_are_the_formula_and_124m_is_measured():
+    """The profiler's NF4 bytes (from the meta model) are 1/2 + 1/64 + 4/(64 * 256) bytes per block weight
+    + 4 per matrix for every GPT-2 size; for 124M, a real quantized model holds exactly those bytes."""
+    from model.nf4 import nf4_nbytes
+
+    for model, C, L in (("gpt2", 768, 12), ("gpt2-medium", 1024, 24), ("gpt2-large", 1280, 36),
+                        ("gpt2-xl", 1600, 48)):  # fmt: skip
+        est = estimate(replace(TINY, model=model, lora_rank=8, quantize="nf4", max_len=128))
+        per_layer = sum(nf4_nbytes(n) for n in (3 * C * C, C * C, 4 * C * C, 4 * C * C))
+        assert est["details"]["nf4_bytes"] == L * per_layer
+        assert est["counts"]["params_nf4"] == 12 * C * C * L
+        assert est["details"]["nf4_bytes"] / est["counts"]["params_nf4"] == pytest.approx(0.516, abs=1e-3)
+    cfg = replace(TINY, model="gpt2", lora_rank=8, quantize="nf4", max_len=128)
+    real = build_model(cfg, torch.device("cpu"), torch.float32, log=lambda *a: None)
+    from profiler.memory import param_bytes
+
+    assert param_bytes(real) == (estimate(cfg)["components"]["params_frozen"], 294_912 * 4)
+    assert sum(b.numel() * b.element_size() for b in real.buffers()) == estimate(cfg)["details"]["nf4_bytes"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_dequantization_transient_is_predicted_exactly(dtype):
+    """One dequantize of 124M's largest matrix (c_fc, 3072 x 768): its peak of live new bytes, measured op by
+    op, equals nf4_dequant_peak_bytes; the estimate adds that of the largest weight to the peak bound."""
+    from model.nf4 import NF4Weight
+    from profiler.memory import measure_dequant_peak, nf4_dequant_peak_bytes
+
+    w = NF4Weight(torch.randn(3072, 768) * 0.02)
+    assert measure_dequant_peak(w, dtype) == nf4_dequant_peak_bytes(3072 * 768) == 6 * 3072 * 768 + 4 * 36864
+    est = estimate(replace(TINY, model="gpt2", lora_rank=8, quantize="nf4", max_len=128))
+    assert est["details"]["nf4_dequant_transient"] == nf4_dequant_peak_bytes(3072 * 768)
+
+
+def test_dry_run_text_sets_qlora_beside_lora_for_gpt2_xl():
+    cfg = replace(TINY, model="gpt2-xl", lora_rank=8, quantize="nf4", dtype="bf16", max_len=512, batch_size=4)
+    est = estimate(cfg)
+    lora = estimate(replace(cfg, quantize="none"))
+    text = format_estimate(est)
+    assert "QLoRA r=8 (q,v)" in text and "QLoRA vs LoRA at these settings" in text and "QLoRA saves" in text
+    # the saving is LoRA's bf16 block weights (2 bytes each) less their NF4 bytes, less one dequantization
+    saved = lora["peak_upper_bound"] - est["peak_upper_bound"]
+    blocks = 12 * 1600 * 1600 * 48
+    assert saved == 2 * blocks - est["details"]["nf4_bytes"] - est["details"]["nf4_dequant_transient"]
+    assert est["vs_lora"]["saved"] == saved
