@@ -8,10 +8,10 @@ random: offline, that is the only GPT-2 there is.
 """
 
 import os
-import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,15 +22,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def readme_commands() -> list[tuple[str, bool]]:
-    """(command, needs the hub) for every command line of the README's bash blocks, in order."""
-    text = (ROOT / "README.md").read_text()
-    out = []
-    for m in re.finditer(r"(?ms)^([^\n]*)\n\n```bash\n(.*?)^```", text):
-        heading, block = m.group(1), m.group(2)
-        for line in block.splitlines():
+    """(command, needs the hub) for every command line of the README's bash blocks, in order; a block needs
+    the hub when its section's heading says so (its ### subsections included)."""
+    out, section, block = [], "", None
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if block is None and line.startswith("## "):
+            section = line
+        elif line.startswith("```"):
+            block = [] if block is None and line == "```bash" else None
+        elif block is not None:
             line = line.split("  #", 1)[0].strip()
             if line and not line.startswith("#"):
-                out += [(cmd.strip(), "needs the GPT-2 weights" in heading) for cmd in line.split("&&")]
+                hub = "needs the GPT-2 weights" in section
+                out += [(cmd.strip(), hub) for cmd in line.split("&&")]
     return out
 
 
@@ -76,7 +80,9 @@ def test_every_readme_command_runs_on_a_tiny_model_offline(tmp_path):
         argv = shrink(shlex.split(command), hub, corpus)
         if argv is None:
             continue
+        start = time.perf_counter()
         cp = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        print(f"{time.perf_counter() - start:6.1f} s  {command}")  # pytest -s: where the test's time goes
         assert cp.returncode == 0, f"{command}\n{cp.stdout[-2000:]}\n{cp.stderr[-3000:]}"
         ran.append((command, cp.stdout))
     commands = [c for c, _ in ran]
